@@ -1,0 +1,17 @@
+# Two commands for a fresh clone (README): `make demo` and `make test`.
+# Both bootstrap the project-local .venv first (idempotent: a second run skips what is done).
+PY := .venv/bin/python
+
+.PHONY: env demo test clean-demo
+
+env:
+	bash scripts/bootstrap.sh
+
+demo: env
+	bash scripts/demo.sh
+
+test: env
+	$(PY) -m pytest -q tests
+
+clean-demo:
+	rm -rf data/toy runs/demo

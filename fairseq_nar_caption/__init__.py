@@ -1,0 +1,11 @@
+"""fairseq_nar_caption: non-autoregressive captioning as fairseq plugins.
+
+Load with ``fairseq-train --user-dir <repo>/fairseq_nar_caption`` (and the same
+for fairseq-generate).  fairseq's --user-dir auto-imports only ``tasks/`` and
+``models/``; everything that registers is imported here instead, and our
+checkpoints are made loadable under torch's ``weights_only`` protection.
+"""
+from . import checkpoint  # noqa: F401  (allow-lists fairseq checkpoint globals)
+from . import generators  # noqa: F401  (registry, before tasks read it)
+from . import models  # noqa: F401
+from . import tasks  # noqa: F401

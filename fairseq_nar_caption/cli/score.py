@@ -1,0 +1,160 @@
+"""nar-caption-score: COCO metrics and diversity of generated captions.
+
+    nar-caption-score --refs REFS.json (--generate-output OUT.txt | --results RESULTS.json)
+        [--manifest SPLIT.tsv] [--train-manifest TRAIN.tsv] [--dict dict.txt]
+        [--spice auto|off|on] [--metrics Bleu METEOR ROUGE_L CIDEr-D] [--name LABEL]
+        [--json-out PATH]
+
+Hypotheses come either from fairseq-generate's stdout, whose sample id ``i`` is the
+``i``-th evaluation item (``eval_item_ids`` of ``--manifest``, or else the order of
+the reference file's ``images``; the two agree for our data), or from a COCO
+results file.  Prints one table row with every score x100 (1 decimal, as papers
+print them; Vocab is a word count); ``--json-out`` writes the raw values.
+``score_files`` is the same as a Python function.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Dict, Iterable, List, Optional
+
+from ..data.manifest import DataError, eval_item_ids, read_manifest
+from ..evaluation.coco_metrics import METRICS, MetricUnavailable, coco_scores
+from ..evaluation.diversity import diversity
+from ..evaluation.references import load_coco_refs, load_coco_results, map_sample_ids, parse_generate_output
+
+# Table columns: (result key, header); scores are printed x100 except the word count.
+_COLUMNS = [
+    ("Bleu_1", "B@1"), ("Bleu_2", "B@2"), ("Bleu_3", "B@3"), ("Bleu_4", "B@4"),
+    ("METEOR", "M"), ("ROUGE_L", "R"), ("CIDEr-D", "C"), ("SPICE", "S"),
+    ("Novel", "Novel"), ("Unique", "Unique"), ("Vocab_words", "Vocab"), ("Vocab_usage", "Voc-u"),
+    ("Dist-2", "D@2"), ("Dist-3", "D@3"),
+]
+_COUNTS = {"Vocab_words"}
+
+
+def dict_vocab_size(path: str) -> int:
+    """Number of words in a fairseq ``dict.txt`` ("<word> <count> [flags]" lines).
+
+    fairseq adds its special symbols on loading (they are not in the file); the
+    ``madeupwordNNNN`` entries that ``fairseq-preprocess`` pads the dictionary
+    with are not words and are not counted.
+    """
+    if not os.path.isfile(path):
+        raise DataError(f"{path}: dictionary not found")
+    words = 0
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, start=1):
+            fields = line.split()
+            if len(fields) < 2 or not fields[1].isdigit():
+                raise DataError(f"{path}:{lineno}: expected '<word> <count>', got {line.rstrip()!r}")
+            words += not fields[0].startswith("madeupword")
+    if not words:
+        raise DataError(f"{path}: dictionary has no words")
+    return words
+
+
+def score_files(
+    refs: str,
+    generate_output: Optional[str] = None,
+    results: Optional[str] = None,
+    manifest: Optional[str] = None,
+    train_manifest: Optional[str] = None,
+    dict_path: Optional[str] = None,
+    spice: str = "auto",
+    metrics: Iterable[str] = METRICS,
+    name: Optional[str] = None,
+) -> Dict[str, object]:
+    """Score one set of generated captions; the arguments mirror the CLI options.
+
+    Returns ``{"name", "num_images", "scores", "skipped"}``: ``scores`` maps each
+    computed metric to its raw value (COCO metrics from ``coco_scores``, diversity
+    from ``diversity``: fractions, ``Vocab_words`` a count) and ``skipped`` maps
+    each metric that was not computed to the reason.
+    """
+    if (generate_output is None) == (results is None):
+        raise ValueError("give exactly one of generate_output (fairseq-generate stdout) or results (COCO results)")
+    if manifest and results:
+        raise ValueError("manifest maps fairseq-generate sample ids: it applies to generate_output, not results")
+    references = load_coco_refs(refs)
+    if generate_output is not None:
+        item_ids = eval_item_ids(manifest) if manifest else list(references)
+        hyps = map_sample_ids(parse_generate_output(generate_output), item_ids, source=generate_output)
+    else:
+        hyps = load_coco_results(results)
+
+    coco = coco_scores(references, hyps, spice=spice, metrics=metrics)
+    skipped = coco.pop("skipped")
+    train_captions = [row.caption for row in read_manifest(train_manifest)] if train_manifest else None
+    div = diversity(hyps, train_captions, dict_vocab_size(dict_path) if dict_path else None)
+    if div["Novel"] is None:
+        skipped["Novel"] = "no training captions given (--train-manifest)"
+    if div["Vocab_usage"] is None:
+        skipped["Vocab_usage"] = "no vocabulary given (--dict)"
+
+    return {
+        "name": name or os.path.basename(generate_output or results),
+        "num_images": len(hyps),
+        "scores": {**coco, **{k: v for k, v in div.items() if v is not None}},
+        "skipped": skipped,
+    }
+
+
+def format_table(result: Dict[str, object]) -> str:
+    """The result as a small text table: scores x100 with one decimal, columns aligned."""
+    scores = result["scores"]
+    cols = [(key, head) for key, head in _COLUMNS if key in scores]
+    cells = [str(scores[k]) if k in _COUNTS else f"{100 * scores[k]:.1f}" for k, _ in cols]
+    widths = [max(len(h), len(c)) for (_, h), c in zip(cols, cells)]
+    name_w = max(len("name"), len(result["name"]))
+    lines = [
+        f"{'name':<{name_w}}  {'images':>6}  " + "  ".join(f"{h:>{w}}" for (_, h), w in zip(cols, widths)),
+        f"{result['name']:<{name_w}}  {result['num_images']:>6}  " + "  ".join(f"{c:>{w}}" for c, w in zip(cells, widths)),
+    ]
+    lines += [f"skipped {k}: {why}" for k, why in result["skipped"].items()]
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="nar-caption-score", description=__doc__.split("\n\n")[0])
+    p.add_argument("--refs", required=True, help="COCO caption file with the references (images + annotations)")
+    hyp = p.add_mutually_exclusive_group(required=True)
+    hyp.add_argument("--generate-output", help="fairseq-generate stdout (H-<sample id> lines)")
+    hyp.add_argument("--results", help="COCO results file: [{image_id, caption}, ...]")
+    p.add_argument("--manifest", help="the split's manifest: sample id i -> eval_item_ids(manifest)[i] "
+                                      "(default: the order of --refs' images)")
+    p.add_argument("--train-manifest", help="training manifest, enables Novel")
+    p.add_argument("--dict", dest="dict_path", help="fairseq dict.txt, enables Vocab usage %%")
+    p.add_argument("--spice", choices=("auto", "off", "on"), default="auto",
+                   help="auto: run SPICE when its CoreNLP 3.6.0 jars are installed (default)")
+    p.add_argument("--metrics", nargs="+", choices=METRICS, default=list(METRICS),
+                   help="COCO metrics to compute (default: all; leave out METEOR to skip its ~15 s JVM start)")
+    p.add_argument("--name", help="row label (default: the hypothesis file's name)")
+    p.add_argument("--json-out", help="write the raw result as JSON here")
+    return p
+
+
+def cli_main(argv: Optional[List[str]] = None) -> None:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.manifest and args.results:
+        parser.error("--manifest maps fairseq-generate sample ids: it needs --generate-output, not --results")
+    try:
+        result = score_files(
+            args.refs, generate_output=args.generate_output, results=args.results, manifest=args.manifest,
+            train_manifest=args.train_manifest, dict_path=args.dict_path, spice=args.spice,
+            metrics=args.metrics, name=args.name,
+        )
+    except (DataError, MetricUnavailable) as e:
+        sys.exit(f"nar-caption-score: error: {e}")
+    print(format_table(result))
+    if args.json_out:
+        with open(args.json_out, "w", encoding="utf-8") as f:
+            json.dump(result, f, indent=2)
+            f.write("\n")
+
+
+if __name__ == "__main__":
+    cli_main()

@@ -1,0 +1,155 @@
+"""Captioning dataset over pre-extracted features.
+
+Two views of one manifest:
+
+- ``per="caption"`` (training): one example per caption row;
+- ``per="item"`` (evaluation): one example per image/video in
+  ``manifest.eval_item_ids`` order, target = its first caption, all captions kept
+  as ``references`` for multi-reference scoring.  fairseq-generate's sample id
+  ``i`` is therefore the i-th id of the split's reference JSON.
+
+The collater yields the keys fairseq's stock ``SequenceGenerator`` understands for
+non-token sources::
+
+    net_input = {"features": B x N x D float, "padding_mask": B x N bool (True = pad),
+                 "prev_output_tokens": B x T}
+    target    = B x T   (caption + </s>)
+
+Validation happens here, at load time: missing/ill-shaped/NaN features (via the
+feature store), empty or over-long captions, and words outside the dictionary
+stop with one ``DataError`` naming the file and the item.
+"""
+from __future__ import annotations
+
+import logging
+from typing import List, Optional
+
+import numpy as np
+import torch
+from fairseq.data import FairseqDataset, data_utils
+
+from .feature_store import MultiModalFeatures
+from .manifest import CaptionRow, DataError, eval_item_ids
+
+logger = logging.getLogger(__name__)
+
+
+def encode_caption(dictionary, caption: str, where: str, item_id: str, max_tokens: int,
+                   strict: bool = True) -> torch.LongTensor:
+    """Words → ids + </s>.  ``strict``: a word outside the dictionary is an error;
+    otherwise it becomes <unk> (used for evaluation targets, whose references are
+    scored as raw text and may legitimately hold words the model cannot emit)."""
+    words = caption.split()
+    if not words:
+        raise DataError(f"{where}: item {item_id}: empty caption")
+    if len(words) + 1 > max_tokens:
+        raise DataError(f"{where}: item {item_id}: caption of {len(words)} words is longer than "
+                        f"--max-target-positions {max_tokens} allows (words + </s>): {caption!r}")
+    ids = []
+    for w in words:
+        i = dictionary.index(w)
+        if i == dictionary.unk() and strict and w != dictionary.unk_word:
+            raise DataError(f"{where}: item {item_id}: word {w!r} is not in the dictionary")
+        ids.append(i)
+    ids.append(dictionary.eos())
+    return torch.LongTensor(ids)
+
+
+class CaptionDataset(FairseqDataset):
+    def __init__(self, rows: List[CaptionRow], manifest_path: str, features: MultiModalFeatures,
+                 dictionary, per: str = "caption", max_target_positions: int = 32,
+                 max_source_positions: int = 1024, feature_check: str = "full",
+                 strict_vocab: bool = True, shuffle: bool = True, feature_dim: Optional[int] = None):
+        if per not in ("caption", "item"):
+            raise ValueError(f"per must be 'caption' or 'item', got {per!r}")
+        self.manifest_path, self.features, self.dictionary, self.per = manifest_path, features, dictionary, per
+        self.shuffle = shuffle
+        self.rows = rows
+        self.item_order = eval_item_ids(rows)
+        self.refs = {}
+        for r in rows:
+            self.refs.setdefault(r.item_id, []).append(r.caption)
+        # features: presence, shape, values of every item, before anything trains
+        self.tokens_per_modality, self.feature_dim = features.validate(
+            self.item_order, dim=feature_dim, max_tokens=max_source_positions, check=feature_check)
+        n_unk = 0
+        if per == "caption":
+            examples = rows
+        else:
+            first = {}
+            for r in rows:
+                first.setdefault(r.item_id, r)
+            examples = [first[i] for i in self.item_order]
+        self.examples = examples
+        self.targets = []
+        for r in examples:
+            t = encode_caption(dictionary, r.caption, manifest_path, r.item_id, max_target_positions, strict_vocab)
+            n_unk += int((t == dictionary.unk()).sum())
+            self.targets.append(t)
+        if n_unk:
+            logger.info(f"{manifest_path}: {n_unk} reference word(s) outside the dictionary mapped to <unk> "
+                        f"in loss targets (scoring uses the raw references)")
+        self.tgt_sizes = np.array([len(t) for t in self.targets], dtype=np.int64)
+        self.src_sizes = np.array([sum(features.stores[m].shape(r.item_id)[0] for m in range(len(features.stores)))
+                                   for r in examples], dtype=np.int64)
+
+    # FairseqDataset API -------------------------------------------------------
+    def __len__(self):
+        return len(self.examples)
+
+    def __getitem__(self, index):
+        r = self.examples[index]
+        return {
+            "id": index,
+            "item_id": r.item_id,
+            "features": torch.from_numpy(self.features.get(r.item_id)),
+            "target": self.targets[index],
+            "references": self.refs[r.item_id],
+            "row": r,
+        }
+
+    def collater(self, samples):
+        if not samples:
+            return {}
+        pad, eos = self.dictionary.pad(), self.dictionary.eos()
+        n = max(s["features"].size(0) for s in samples)
+        feats = samples[0]["features"].new_zeros(len(samples), n, samples[0]["features"].size(1))
+        padding_mask = torch.ones(len(samples), n, dtype=torch.bool)
+        for i, s in enumerate(samples):
+            k = s["features"].size(0)
+            feats[i, :k] = s["features"]
+            padding_mask[i, :k] = False
+        targets = [s["target"] for s in samples]
+        target = data_utils.collate_tokens(targets, pad, eos, left_pad=False)
+        prev = data_utils.collate_tokens(targets, pad, eos, left_pad=False, move_eos_to_beginning=True)
+        return {
+            "id": torch.LongTensor([s["id"] for s in samples]),
+            "item_ids": [s["item_id"] for s in samples],
+            "references": [s["references"] for s in samples],
+            "nsentences": len(samples),
+            "ntokens": int(sum(len(t) for t in targets)),
+            "net_input": {"features": feats, "padding_mask": padding_mask, "prev_output_tokens": prev},
+            "target": target,
+        }
+
+    def num_tokens(self, index):
+        return max(self.src_sizes[index], self.tgt_sizes[index])
+
+    def num_tokens_vec(self, indices):
+        return np.maximum(self.src_sizes[indices], self.tgt_sizes[indices])
+
+    def size(self, index):
+        return (self.src_sizes[index], self.tgt_sizes[index])
+
+    @property
+    def sizes(self):
+        return np.stack([self.src_sizes, self.tgt_sizes], axis=1)
+
+    def ordered_indices(self):
+        indices = np.random.permutation(len(self)) if self.shuffle else np.arange(len(self))
+        # bucket by caption length (stable) so batches carry little padding
+        return indices[np.argsort(self.tgt_sizes[indices], kind="mergesort")]
+
+    @property
+    def supports_prefetch(self):
+        return False

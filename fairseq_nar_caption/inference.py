@@ -1,0 +1,80 @@
+"""Load a checkpoint as fairseq-generate does and decode a dataset with it.
+
+One decode loop for every consumer (benchmark harness, distillation, hub):
+``load(data, generate_args)`` parses the same arguments as ``fairseq-generate``
+(``--path``, ``--beam``, ``--generator`` …), sets up the task, loads the models
+and builds the generator through ``task.build_generator``; ``decode_batch`` runs
+``task.inference_step`` (encoder included) and returns caption strings.
+"""
+from dataclasses import dataclass
+import ast
+import os
+from typing import Dict, Iterator, List, Optional, Sequence
+
+import torch
+from fairseq import checkpoint_utils, options, tasks, utils
+from fairseq.dataclass.utils import convert_namespace_to_omegaconf
+
+USER_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+@dataclass
+class Loaded:
+    task: object
+    models: list
+    generator: object
+    cfg: object
+    device: torch.device
+
+
+def parse_generate_args(data: str, args: Sequence[str]):
+    """``fairseq-generate DATA --user-dir <this package> --task captioning ARGS`` as a cfg."""
+    argv = [data, "--user-dir", USER_DIR, "--task", "captioning"] + list(args)
+    parser = options.get_generation_parser()
+    return convert_namespace_to_omegaconf(options.parse_args_and_arch(parser, input_args=argv))
+
+
+def load(data: str, args: Sequence[str], device: str = "cpu") -> Loaded:
+    cfg = parse_generate_args(data, args)
+    utils.import_user_module(cfg.common)
+    task = tasks.setup_task(cfg.task)
+    overrides = ast.literal_eval(cfg.common_eval.model_overrides)
+    models, _ = checkpoint_utils.load_model_ensemble(
+        utils.split_paths(cfg.common_eval.path), arg_overrides=overrides, task=task)
+    dev = torch.device(device)
+    for m in models:
+        m.eval().to(dev)
+        m.prepare_for_inference_(cfg)
+    generator = task.build_generator(models, cfg.generation)
+    return Loaded(task, models, generator, cfg, dev)
+
+
+def batches(dataset, batch_size: int, max_items: Optional[int] = None) -> Iterator[dict]:
+    """Collated samples in dataset order (sample ids = dataset indices)."""
+    n = len(dataset) if not max_items else min(max_items, len(dataset))
+    for start in range(0, n, batch_size):
+        yield dataset.collater([dataset[i] for i in range(start, min(n, start + batch_size))])
+
+
+def to_device(sample: dict, device: torch.device) -> dict:
+    return sample if device.type == "cpu" else utils.move_to_cuda(sample, device=device)
+
+
+@torch.no_grad()
+def decode_batch(loaded: Loaded, sample: dict) -> List[str]:
+    """Best hypothesis per sample, as a caption string (specials stripped)."""
+    hypos = loaded.task.inference_step(loaded.generator, loaded.models, sample)
+    strip = set(getattr(loaded.generator, "symbols_to_strip_from_output", None)
+                or {loaded.task.target_dictionary.eos()})
+    d = loaded.task.target_dictionary
+    return [d.string(h[0]["tokens"].int().cpu(), extra_symbols_to_ignore=strip) for h in hypos]
+
+
+def decode_dataset(loaded: Loaded, dataset, batch_size: int = 64,
+                   max_items: Optional[int] = None) -> Dict[str, str]:
+    """item id → caption for a per-item dataset."""
+    out = {}
+    for sample in batches(dataset, batch_size, max_items):
+        for item_id, cap in zip(sample["item_ids"], decode_batch(loaded, to_device(sample, loaded.device))):
+            out[item_id] = cap
+    return out

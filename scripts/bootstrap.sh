@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Idempotent project-local environment (.venv) following ../shared/ENVIRONMENT.md.
+# Each step leaves a stamp in .venv/.stamps; a second run skips what is done.
+# - torch==2.13.0 exactly (the local CPU wheel; anything else pulls a CUDA build)
+# - fairseq-fixed 0.12.3.1 with --no-build-isolation --no-deps, its deps listed here
+# - never torchvision / torchaudio
+# - the NLTK averaged-perceptron tagger made available offline (textblob-aptagger pickle)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=${VENV:-.venv}
+PY=${PYTHON:-python3}
+STAMPS="$VENV/.stamps"
+
+step() {  # step NAME command...   runs once; re-runs if the command line changed
+  local name=$1; shift
+  local sig; sig=$(printf '%s ' "$@" | sha1sum | cut -c1-12)
+  if [ -f "$STAMPS/$name.$sig" ]; then return 0; fi
+  echo "[bootstrap] $name"
+  "$@"
+  rm -f "$STAMPS/$name".*
+  touch "$STAMPS/$name.$sig"
+}
+
+if [ ! -x "$VENV/bin/python" ]; then
+  echo "[bootstrap] creating $VENV"
+  "$PY" -m venv "$VENV"
+fi
+mkdir -p "$STAMPS"
+PIP="$VENV/bin/python -m pip --disable-pip-version-check -q"
+
+step torch      $PIP install "torch==2.13.0" "numpy<2.5" "cython<3.4" "setuptools<81" wheel
+step fairseq    $PIP install --no-deps --no-build-isolation "fairseq-fixed==0.12.3.1"
+step deps       $PIP install "hydra-core==1.3.2" "omegaconf==2.3.0" regex sacrebleu tqdm bitarray \
+                  scikit-learn packaging cffi "pycocoevalcap==1.2" "nltk>=3.9" "textblob-aptagger==0.2.0" \
+                  "sentencepiece>=0.2" "h5py>=3.10" pillow "pytest>=8"
+step tagger     "$VENV/bin/python" scripts/install_nltk_tagger.py "$VENV/nltk_data"
+step package    $PIP install --no-deps -e .
+echo "[bootstrap] environment ready: $VENV"

@@ -1,0 +1,36 @@
+import os
+import sys
+
+import numpy as np
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+USER_DIR = os.path.join(REPO, "fairseq_nar_caption")
+BIN = os.path.dirname(sys.executable)  # .venv/bin: fairseq-train, fairseq-generate
+
+
+def write_h5(path, arrays):
+    import h5py
+
+    with h5py.File(path, "w") as f:
+        for k, v in arrays.items():
+            f.create_dataset(k, data=v)
+
+
+def write_tsv(path, rows, header=("item_id", "caption")):
+    with open(path, "w") as f:
+        f.write("\t".join(header) + "\n")
+        for r in rows:
+            f.write("\t".join(r) + "\n")
+
+
+@pytest.fixture
+def tiny_data(tmp_path):
+    """A 3-item caption folder: features.h5 (4 x 6 per item), train/test manifests, dict.txt."""
+    rng = np.random.default_rng(0)
+    write_h5(tmp_path / "features.h5", {str(i): rng.normal(size=(4, 6)).astype("float32") for i in (1, 2, 3)})
+    write_tsv(tmp_path / "train.tsv", [("1", "a red circle"), ("1", "a red ball"), ("2", "a blue square"),
+                                       ("3", "a blue circle")])
+    write_tsv(tmp_path / "test.tsv", [("3", "a blue circle"), ("2", "a blue box"), ("3", "one blue circle")])
+    (tmp_path / "dict.txt").write_text("".join(f"{w} 1\n" for w in "a red circle ball blue square".split()))
+    return tmp_path
