@@ -22,9 +22,10 @@ import json
 import os
 import pickle
 import sys
-import tempfile
 
 from nltk.tag.perceptron import PerceptronTagger
+
+from fairseq_nar_caption.utils import atomic_write_text
 
 PICKLE_NAME = "trontagger-0.1.0.pickle"
 TAGGER_DIR = os.path.join("taggers", "averaged_perceptron_tagger_eng")
@@ -71,15 +72,7 @@ def write_if_changed(path: str, text: str) -> bool:
         with open(path, encoding="utf-8") as f:
             if f.read() == text:
                 return False
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-", suffix=".json")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    atomic_write_text(path, text)
     return True
 
 

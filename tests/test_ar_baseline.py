@@ -141,3 +141,18 @@ def test_distillation_writes_a_training_split(trained):
     loaded, _ = _load(trained)
     loaded.task.load_dataset("train_distill")  # a valid training split for the NAR methods
     assert len(loaded.task.dataset("train_distill")) == 120
+
+
+def test_hub_captions_raw_feature_arrays_like_the_dataset(trained):
+    from fairseq_nar_caption.hub import CaptionHub
+    from fairseq_nar_caption.data.feature_store import open_feature_store
+
+    data, ckpt, _ = trained
+    hub = CaptionHub.from_pretrained(str(ckpt), str(data), ["--beam", "5", "--max-len-b", "10"])
+    loaded, ds = _load(trained, "--beam", "5")
+    expected = inference.decode_dataset(loaded, ds, batch_size=4)
+    store = open_feature_store(str(data / "features.h5"))
+    ids = list(expected)
+    assert hub.caption([store.get(i) for i in ids]) == [expected[i] for i in ids]
+    with pytest.raises(ValueError, match=r"features\[0\]: shape \(5, 3\)"):
+        hub.caption([np.zeros((5, 3))])

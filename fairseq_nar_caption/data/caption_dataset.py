@@ -55,6 +55,18 @@ def encode_caption(dictionary, caption: str, where: str, item_id: str, max_token
     return torch.LongTensor(ids)
 
 
+def collate_features(arrays: List[torch.Tensor]):
+    """(N_i x D) tensors → (B x max N x D) zero-padded features and a (B x max N)
+    padding mask, True at padded positions (the mask is what models look at)."""
+    n = max(a.size(0) for a in arrays)
+    feats = arrays[0].new_zeros(len(arrays), n, arrays[0].size(1))
+    padding_mask = torch.ones(len(arrays), n, dtype=torch.bool)
+    for i, a in enumerate(arrays):
+        feats[i, : a.size(0)] = a
+        padding_mask[i, : a.size(0)] = False
+    return feats, padding_mask
+
+
 class CaptionDataset(FairseqDataset):
     def __init__(self, rows: List[CaptionRow], manifest_path: str, features: MultiModalFeatures,
                  dictionary, per: str = "caption", max_target_positions: int = 32,
@@ -112,13 +124,7 @@ class CaptionDataset(FairseqDataset):
         if not samples:
             return {}
         pad, eos = self.dictionary.pad(), self.dictionary.eos()
-        n = max(s["features"].size(0) for s in samples)
-        feats = samples[0]["features"].new_zeros(len(samples), n, samples[0]["features"].size(1))
-        padding_mask = torch.ones(len(samples), n, dtype=torch.bool)
-        for i, s in enumerate(samples):
-            k = s["features"].size(0)
-            feats[i, :k] = s["features"]
-            padding_mask[i, :k] = False
+        feats, padding_mask = collate_features([s["features"] for s in samples])
         targets = [s["target"] for s in samples]
         target = data_utils.collate_tokens(targets, pad, eos, left_pad=False)
         prev = data_utils.collate_tokens(targets, pad, eos, left_pad=False, move_eos_to_beginning=True)

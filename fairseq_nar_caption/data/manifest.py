@@ -8,7 +8,7 @@ Format (UTF-8, tab separated, first line is a header naming the columns):
   (``FeatureStore.key_template``).  Ids are kept as strings.
 - ``caption``: lower-cased, whitespace-tokenised words (``text.normalize_caption``).
 - ``pos``: optional, space-separated Penn Treebank tags, one per caption word
-  (written by the NLTK tagger, ``text.pos_tag_caption``).
+  (written by the NLTK tagger, ``text.pos_tag_captions``).
 - ``category``: optional integer class (MSR-VTT's 20 categories).
 
 Evaluation order: ``eval_item_ids`` lists the unique item ids in first-appearance
@@ -21,6 +21,8 @@ import csv
 import os
 from dataclasses import dataclass
 from typing import Iterable, List, Optional
+
+from ..utils import atomic_write_text
 
 REQUIRED = ("item_id", "caption")
 OPTIONAL = ("pos", "category")
@@ -83,27 +85,25 @@ def read_manifest(path: str) -> List[CaptionRow]:
 
 
 def write_manifest(path: str, rows: Iterable[CaptionRow]) -> None:
-    """Write atomically (temp file + rename) so a failure leaves nothing half-written."""
+    """Validate every row, then write atomically: a failure leaves nothing half-written."""
     rows = list(rows)
     cols = list(REQUIRED)
     if rows and rows[0].pos is not None:
         cols.append("pos")
     if rows and rows[0].category is not None:
         cols.append("category")
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8", newline="") as f:
-        f.write("\t".join(cols) + "\n")
-        for r in rows:
-            vals = [r.item_id, r.caption]
-            if "pos" in cols:
-                vals.append(r.pos)
-            if "category" in cols:
-                vals.append(str(r.category))
-            for v in vals:
-                if "\t" in v or "\n" in v:
-                    raise DataError(f"{path}: item {r.item_id}: field contains a tab or newline: {v!r}")
-            f.write("\t".join(vals) + "\n")
-    os.replace(tmp, path)
+    lines = ["\t".join(cols) + "\n"]
+    for r in rows:
+        vals = [r.item_id, r.caption]
+        if "pos" in cols:
+            vals.append(r.pos)
+        if "category" in cols:
+            vals.append(str(r.category))
+        for v in vals:
+            if "\t" in v or "\n" in v:
+                raise DataError(f"{path}: item {r.item_id}: field contains a tab or newline: {v!r}")
+        lines.append("\t".join(vals) + "\n")
+    atomic_write_text(path, "".join(lines))
 
 
 def eval_item_ids(rows_or_path) -> List[str]:
@@ -116,20 +116,18 @@ def eval_item_ids(rows_or_path) -> List[str]:
     return order
 
 
-def write_coco_refs(path: str, rows, description: str = "") -> None:
+def write_coco_refs(path: str, rows, info: Optional[dict] = None) -> None:
     """COCO caption-format references of a split, images in ``eval_item_ids`` order
     (= fairseq-generate sample id order).  Written atomically."""
     import json
 
     rows = list(rows)
     doc = {
-        "info": {"description": description},
+        "info": info or {},
         "licenses": [],
         "type": "captions",
         "images": [{"id": i} for i in eval_item_ids(rows)],
-        "annotations": [{"image_id": r.item_id, "id": k, "caption": r.caption} for k, r in enumerate(rows)],
+        "annotations": [{"image_id": r.item_id, "id": k, "caption": r.caption}
+                        for k, r in enumerate(rows, start=1)],
     }
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(doc, f)
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(doc) + "\n")

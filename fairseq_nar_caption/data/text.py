@@ -13,10 +13,10 @@ import functools
 import os
 import re
 import string
-import tempfile
 from collections import Counter
 from typing import Iterable, List, Sequence, Tuple
 
+from ..utils import atomic_write_text
 from .manifest import DataError
 
 # ASCII punctuation is deleted outright (so "t-shirt" -> "tshirt", "man's" -> "mans");
@@ -75,18 +75,5 @@ def build_dictionary(captions: Iterable[str], path: str, min_count: int = 1) -> 
     entries = sorted(((w, c) for w, c in counts.items() if c >= min_count), key=lambda wc: (-wc[1], wc[0]))
     if not entries:
         raise DataError(f"{path}: no words occur at least {min_count} time(s) in the training captions")
-    _atomic_write_text(path, "".join(f"{w} {c}\n" for w, c in entries))
+    atomic_write_text(path, "".join(f"{w} {c}\n" for w, c in entries))
     return entries
-
-
-def _atomic_write_text(path: str, text: str) -> None:
-    """Write via a temporary file in the same folder and rename, so readers never see half a file."""
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise

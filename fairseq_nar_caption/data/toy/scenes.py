@@ -86,12 +86,12 @@ def _clamp_centre(v: float, r: float, size: int) -> float:
     return float(min(max(v, r + 1.0), size - r - 1.0))
 
 
-def _far_apart(objs, size_scale: float = 1.0, gap: float = 3.0) -> bool:
-    """No two objects' bounding circles come within ``gap`` pixels."""
+def _far_apart(objs, gap: float = 3.0) -> bool:
+    """No two bounding circles come within ``gap`` pixels (anything with cx, cy, r)."""
     for i in range(len(objs)):
         for j in range(i):
             a, b = objs[i], objs[j]
-            if math.hypot(a.cx - b.cx, a.cy - b.cy) < _BOUND * (a.r + b.r) * size_scale + gap:
+            if math.hypot(a.cx - b.cx, a.cy - b.cy) < _BOUND * (a.r + b.r) + gap:
                 return False
     return True
 
@@ -136,7 +136,7 @@ def _annotate_image_objects(objs: List[ImageObject], overlap: bool) -> bool:
         if overlap and visible < 0.4 * m.sum():  # keep occluded objects recognisable
             return False
         o.box = render.mask_box(m)
-        o.occluded = visible < m.sum()
+        o.occluded = bool(visible < m.sum())
     return not overlap or objs[0].occluded
 
 
@@ -176,12 +176,8 @@ class VideoObject:
     size: str  # size word at the start: small / large
     event: str  # one of EVENTS
     track: List[FrameState]  # one state per rendered frame
-    change_frame: Optional[int] = None  # appear/disappear/turn: first observed frame (0-7) showing it
+    change_frame: Optional[int] = None  # appear/disappear/turn: first feature row (0-7) showing it
     new_colour: Optional[str] = None  # turn: colour after the change
-
-    def state(self, observed_frame: int) -> FrameState:
-        """State in observed frame 0-7 (rendered frame 1-8)."""
-        return self.track[observed_frame + 1]
 
     def to_json(self) -> dict:
         boxes = []
