@@ -6,6 +6,7 @@ for fairseq-generate).  fairseq's --user-dir auto-imports only ``tasks/`` and
 checkpoints are made loadable under torch's ``weights_only`` protection.
 """
 from . import checkpoint  # noqa: F401  (allow-lists fairseq checkpoint globals)
+from . import criterions  # noqa: F401
 from . import generators  # noqa: F401  (registry, before tasks read it)
 from . import models  # noqa: F401
 from . import tasks  # noqa: F401

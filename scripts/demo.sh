@@ -14,9 +14,9 @@ SECONDS=0
 echo "== 1. toy benchmark (deterministic, seed 1)"
 python -m fairseq_nar_caption.cli.make_toy_data --out data/toy
 
-echo "== 2. train the AR baseline (ar_caption_tiny) on toy images"
+echo "== 2. train the AR baseline (ar_caption_tiny, 3 epochs) on toy images"
 if [ ! -f "$RUN/ar/checkpoint_best.pt" ]; then
-  bash examples/ar_baseline/train_toy.sh "$DATA" "$RUN/ar" 2>&1 | tee "$RUN/train.log" | grep -E "valid on|done training" || true
+  EPOCHS=3 bash examples/ar_baseline/train_toy.sh "$DATA" "$RUN/ar" 2>&1 | tee "$RUN/train.log" | grep -E "valid on|done training" || true
 fi
 [ -f "$RUN/ar/checkpoint_best.pt" ] || { echo "training failed, see $RUN/train.log"; exit 1; }
 

@@ -168,3 +168,29 @@ def test_eval_batches_keep_every_item(tiny_data, tmp_path):
     itr = task.get_batch_iterator(dataset=task.dataset("test"), max_sentences=4,
                                   required_batch_size_multiple=8).next_epoch_itr(shuffle=False)
     assert sorted(i for b in itr for i in b["id"].tolist()) == list(range(13))
+
+
+def test_length_target_is_a_distribution_of_the_items_captions(tiny_data):
+    write_tsv(tiny_data / "train.tsv", [("1", "a red circle"), ("1", "a red red circle"), ("1", "a red ball"),
+                                        ("2", "a blue square"), ("3", "a blue circle")],
+              header=("item_id", "caption"))
+    ds = make_dataset(tiny_data, max_target_positions=8)
+    batch = ds.collater([ds[0], ds[3]])
+    lt = batch["length_target"]
+    assert lt.shape == (2, 8)
+    torch.testing.assert_close(lt.sum(1), torch.ones(2))
+    expected = torch.zeros(8)
+    expected[3], expected[4] = 2 / 3, 1 / 3  # item 1: two 3-word captions, one 4-word
+    torch.testing.assert_close(lt[0], expected)
+    assert lt[1].argmax() == 3 and lt[1].max() == 1.0
+
+
+def test_target_pos_classes_follow_the_manifest_tags(tiny_data):
+    write_tsv(tiny_data / "train.tsv", [("1", "a man is driving", "DT NN VBZ VBG"), ("2", "a blue square", "DT JJ NN"),
+                                        ("3", "a blue circle", "DT JJ NN")], header=("item_id", "caption", "pos"))
+    (tiny_data / "dict.txt").write_text("".join(f"{w} 1\n" for w in "a man is driving blue square circle".split()))
+    ds = make_dataset(tiny_data)
+    batch = ds.collater([ds[0], ds[1]])
+    # OTHER 0, NOUN 1, VERB 2; </s> and padding 0
+    assert batch["target_pos"].tolist() == [[0, 1, 2, 2, 0], [0, 0, 1, 0, 0]]
+    assert batch["target_pos"].shape == batch["target"].shape

@@ -30,6 +30,7 @@ from fairseq.data import FairseqDataset, data_utils
 
 from .feature_store import MultiModalFeatures
 from .manifest import CaptionRow, DataError, eval_item_ids
+from .visual_words import coarse_pos
 
 logger = logging.getLogger(__name__)
 
@@ -102,6 +103,13 @@ class CaptionDataset(FairseqDataset):
             logger.info(f"{manifest_path}: {n_unk} reference word(s) outside the dictionary mapped to <unk> "
                         f"in loss targets (scoring uses the raw references)")
         self.tgt_sizes = np.array([len(t) for t in self.targets], dtype=np.int64)
+        # Per item: distribution of its captions' word counts in this manifest (NACF
+        # Eq. 3 target L*; for a training split, training captions only).
+        self.max_target_positions = max_target_positions
+        self.length_dist = {}
+        for item_id, caps in self.refs.items():
+            hist = np.bincount([len(c.split()) for c in caps], minlength=max_target_positions)
+            self.length_dist[item_id] = torch.from_numpy(hist[:max_target_positions] / hist.sum()).float()
         self.src_sizes = np.array([sum(features.stores[m].shape(r.item_id)[0] for m in range(len(features.stores)))
                                    for r in examples], dtype=np.int64)
 
@@ -120,6 +128,10 @@ class CaptionDataset(FairseqDataset):
             "row": r,
         }
 
+    def target_pos(self, row: CaptionRow) -> torch.LongTensor:
+        """Coarse POS class per target token (``visual_words``; 0 for </s>)."""
+        return torch.LongTensor([coarse_pos(t) for t in row.pos.split()] + [0])
+
     def collater(self, samples):
         if not samples:
             return {}
@@ -128,7 +140,7 @@ class CaptionDataset(FairseqDataset):
         targets = [s["target"] for s in samples]
         target = data_utils.collate_tokens(targets, pad, eos, left_pad=False)
         prev = data_utils.collate_tokens(targets, pad, eos, left_pad=False, move_eos_to_beginning=True)
-        return {
+        batch = {
             "id": torch.LongTensor([s["id"] for s in samples]),
             "item_ids": [s["item_id"] for s in samples],
             "references": [s["references"] for s in samples],
@@ -136,7 +148,13 @@ class CaptionDataset(FairseqDataset):
             "ntokens": int(sum(len(t) for t in targets)),
             "net_input": {"features": feats, "padding_mask": padding_mask, "prev_output_tokens": prev},
             "target": target,
+            "length_target": torch.stack([self.length_dist[s["item_id"]] for s in samples]),
         }
+        if all(s["row"].category is not None for s in samples):
+            batch["net_input"]["category"] = torch.LongTensor([s["row"].category for s in samples])
+        if all(s["row"].pos is not None for s in samples):
+            batch["target_pos"] = data_utils.collate_tokens([self.target_pos(s["row"]) for s in samples], 0)
+        return batch
 
     def num_tokens(self, index):
         return max(self.src_sizes[index], self.tgt_sizes[index])

@@ -31,3 +31,6 @@ def build_caption_generator(name, task, models, args):
     if name not in GENERATOR_REGISTRY:
         raise ValueError(f"unknown --generator {name!r}; available: {', '.join(generator_names())}")
     return GENERATOR_REGISTRY[name](task, models, args)
+
+
+from . import mask_predict  # noqa: E402,F401  (NACF: mp, ef, l2r, ct-mp, ct-ef, ct-l2r)

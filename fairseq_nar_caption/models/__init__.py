@@ -1,1 +1,2 @@
 from . import ar_caption  # noqa: F401
+from . import nacf  # noqa: F401

@@ -21,6 +21,7 @@ from omegaconf import II, open_dict
 import torch.nn as nn
 
 from .modules.feature_encoder import FeatureEncoder
+from .modules.highway_encoder import HighwayFeatureEncoder
 
 
 @dataclass
@@ -37,6 +38,9 @@ class CaptionModelConfig(FairseqDataclass):
     activation_fn: ChoiceEnum(get_available_activation_fns()) = field(default="relu")
     normalize_before: bool = field(default=True, metadata={"help": "pre-LayerNorm blocks"})
     share_decoder_input_output_embed: bool = field(default=True, metadata={"help": "tie output projection"})
+    encoder_type: ChoiceEnum(["transformer", "highway"]) = field(
+        default="transformer", metadata={"help": "transformer: Linear + Transformer layers (modules/feature_encoder); "
+                                                 "highway: NACF's per-modality highway embedding + BN, Eq. 1"})
     input_feature_dim: int = field(
         default=0, metadata={"help": "feature dim D_in; 0 = take it from the task's feature store"})
     max_source_positions: int = II("task.max_source_positions")
@@ -73,6 +77,11 @@ def resolve_feature_dim(cfg: CaptionModelConfig, task) -> int:
     return cfg.input_feature_dim
 
 
+def build_encoder(cfg: CaptionModelConfig, task, tcfg: TransformerConfig):
+    cls = HighwayFeatureEncoder if cfg.encoder_type == "highway" else FeatureEncoder
+    return cls(tcfg, resolve_feature_dim(cfg, task), task.tokens_per_modality)
+
+
 class CaptionEncoderDecoderModel(FairseqEncoderDecoderModel):
     """Common entry points of every caption model: ``forward_encoder(net_input)``
     runs once per batch; generators reuse its output."""
@@ -89,7 +98,7 @@ class ARCaptionModel(CaptionEncoderDecoderModel):
     @classmethod
     def build_model(cls, cfg: CaptionModelConfig, task):
         tcfg = transformer_config(cfg)
-        encoder = FeatureEncoder(tcfg, resolve_feature_dim(cfg, task), task.tokens_per_modality)
+        encoder = build_encoder(cfg, task, tcfg)
         dictionary = task.target_dictionary
         embed = nn.Embedding(len(dictionary), cfg.embed_dim, padding_idx=dictionary.pad())
         nn.init.normal_(embed.weight, mean=0, std=cfg.embed_dim ** -0.5)
@@ -110,3 +119,13 @@ def ar_caption_tiny(args):
     args.attention_heads = getattr(args, "attention_heads", 4)
     args.encoder_layers = getattr(args, "encoder_layers", 2)
     args.decoder_layers = getattr(args, "decoder_layers", 2)
+
+
+@register_model_architecture("ar_caption", "nacf_arb")
+def nacf_arb(args):
+    """NACF's AR baseline AR-B (teacher): highway encoder (Eq. 1), no Transformer over
+    the features, 1 causal decoder layer, d 512, dropout 0.5 (paper settings)."""
+    args.encoder_type = getattr(args, "encoder_type", "highway")
+    args.encoder_layers = getattr(args, "encoder_layers", 0)
+    args.decoder_layers = getattr(args, "decoder_layers", 1)
+    args.dropout = getattr(args, "dropout", 0.5)

@@ -20,6 +20,7 @@ appended (in that order), so AR teachers and the NAR models of later methods
 import logging
 import os
 from dataclasses import dataclass, field
+from typing import Optional
 
 from fairseq.data import Dictionary
 from fairseq.dataclass import ChoiceEnum, FairseqDataclass
@@ -52,6 +53,16 @@ class CaptioningConfig(FairseqDataclass):
     max_target_positions: int = field(default=32, metadata={"help": "max caption tokens incl. </s>"})
     generator: str = field(
         default="sequence", metadata={"help": "decoding algorithm for fairseq-generate: " + ", ".join(generator_names())})
+    # non-autoregressive decoding (NACF generators: mp, ef, l2r, ct-mp, ct-ef, ct-l2r)
+    nar_iterations: int = field(default=5, metadata={"help": "T: decoder passes of MP (Eq. 14)"})
+    nar_q: int = field(default=1, metadata={"help": "q: tokens fixed per pass by EF/L2R (Eq. 15, 17)"})
+    length_beam: int = field(default=6, metadata={"help": "B: most probable lengths decoded in parallel"})
+    nar_min_length: int = field(default=1, metadata={"help": "shortest caption length the length beam considers"})
+    nar_skip_template_revisit: bool = field(
+        default=False, metadata={"help": "CT-EF/CT-L2R: skip the last pass re-predicting template words (Eq. 16)"})
+    length_norm_alpha: float = field(default=1.0, metadata={"help": "α: candidates ranked by score / N^α"})
+    teacher_path: Optional[str] = field(
+        default=None, metadata={"help": "AR-B checkpoint rescoring the length candidates (p_NAR·p_AR)"})
 
 
 @register_task("captioning", dataclass=CaptioningConfig)
@@ -98,6 +109,14 @@ class CaptioningTask(FairseqTask):
             feature_check=self.cfg.feature_check, strict_vocab=training, shuffle=training,
             feature_dim=self.feature_dim)
         logger.info(f"{path}: {len(self.datasets[split])} examples")
+
+    def build_model(self, cfg, from_checkpoint=False):
+        model = super().build_model(cfg, from_checkpoint)
+        # fairseq does not tell the model whether it is being restored: initialise
+        # from a pretrained model (e.g. NACF from AR-B) only when building afresh.
+        if not from_checkpoint and hasattr(model, "init_from_pretrained"):
+            model.init_from_pretrained()
+        return model
 
     def get_batch_iterator(self, dataset, **kwargs):
         # fairseq(-fixed)'s batch_by_size drops a last batch whose size is not a multiple

@@ -1,4 +1,4 @@
-"""The encoder every caption model shares: pre-extracted features → Transformer.
+"""The encoder every caption model shares by default: features → Transformer.
 
     features (B x N x D_in) → Linear → LayerNorm → + learned position (token index)
     + modality embedding → dropout → L Transformer encoder layers
@@ -7,9 +7,8 @@
 dict (``encoder_out``: [N x B x C], ``encoder_padding_mask``: [B x N]), so any
 fairseq decoder, fairseq's ``SequenceGenerator`` and every generator of this
 package consume it unchanged.  Models expose it as ``model.forward_encoder(net_input)``.
+``highway_encoder.HighwayFeatureEncoder`` (NACF, Eq. 1) is the other encoder type.
 """
-from __future__ import annotations
-
 from typing import Dict, List, Optional, Sequence
 
 import torch
@@ -29,12 +28,44 @@ def modality_ids(tokens_per_modality: Sequence[int], n: int, device) -> Tensor:
     return ids[:n].to(device)
 
 
-class FeatureEncoder(FairseqEncoder):
-    def __init__(self, tcfg: TransformerConfig, input_dim: int, tokens_per_modality: Sequence[int]):
+class CaptionEncoderBase(FairseqEncoder):
+    """What every caption encoder shares: the output dict, beam reordering, limits."""
+
+    def __init__(self, tcfg: TransformerConfig, tokens_per_modality: Sequence[int]):
         super().__init__(dictionary=None)
-        d = tcfg.encoder.embed_dim
         self.tokens_per_modality = list(tokens_per_modality)
         self.max_source_positions = tcfg.max_source_positions
+
+    @staticmethod
+    def encoder_output(x: Tensor, padding_mask: Optional[Tensor],
+                       category: Optional[Tensor] = None) -> Dict[str, List[Tensor]]:
+        """x: N x B x C → fairseq's standard encoder-output dict (plus the item's
+        category, B, when the data has one: NACF's decoder embeds it)."""
+        return {
+            "encoder_out": [x],
+            "encoder_padding_mask": [padding_mask] if padding_mask is not None else [],
+            "encoder_embedding": [],
+            "encoder_states": [],
+            "src_tokens": [],
+            "src_lengths": [],
+            "category": [category] if category is not None else [],
+        }
+
+    @torch.jit.export
+    def reorder_encoder_out(self, encoder_out: Dict[str, List[Tensor]], new_order: Tensor):
+        """Select/repeat batch rows (beams, length candidates): time-major
+        ``encoder_out`` along dim 1, every other tensor along dim 0."""
+        return {k: [t.index_select(1 if k == "encoder_out" else 0, new_order) for t in v]
+                for k, v in encoder_out.items()}
+
+    def max_positions(self):
+        return self.max_source_positions
+
+
+class FeatureEncoder(CaptionEncoderBase):
+    def __init__(self, tcfg: TransformerConfig, input_dim: int, tokens_per_modality: Sequence[int]):
+        super().__init__(tcfg, tokens_per_modality)
+        d = tcfg.encoder.embed_dim
         self.input_proj = nn.Linear(input_dim, d)
         self.input_norm = LayerNorm(d)
         self.embed_positions = nn.Embedding(tcfg.max_source_positions, d)
@@ -45,7 +76,8 @@ class FeatureEncoder(FairseqEncoder):
         self.layers = nn.ModuleList([TransformerEncoderLayerBase(tcfg) for _ in range(tcfg.encoder.layers)])
         self.layer_norm = LayerNorm(d) if tcfg.encoder.normalize_before else None
 
-    def forward(self, features: Tensor, padding_mask: Optional[Tensor] = None, **unused) -> Dict[str, List[Tensor]]:
+    def forward(self, features: Tensor, padding_mask: Optional[Tensor] = None, category: Optional[Tensor] = None,
+                **unused) -> Dict[str, List[Tensor]]:
         bsz, n, _ = features.shape
         if n > self.max_source_positions:
             raise ValueError(f"{n} feature vectors exceed --max-source-positions {self.max_source_positions}")
@@ -63,21 +95,4 @@ class FeatureEncoder(FairseqEncoder):
             x = layer(x, encoder_padding_mask=padding_mask)
         if self.layer_norm is not None:
             x = self.layer_norm(x)
-        return {
-            "encoder_out": [x],
-            "encoder_padding_mask": [padding_mask] if padding_mask is not None else [],
-            "encoder_embedding": [],
-            "encoder_states": [],
-            "src_tokens": [],
-            "src_lengths": [],
-        }
-
-    @torch.jit.export
-    def reorder_encoder_out(self, encoder_out: Dict[str, List[Tensor]], new_order: Tensor):
-        out = {k: v for k, v in encoder_out.items()}
-        out["encoder_out"] = [t.index_select(1, new_order) for t in encoder_out["encoder_out"]]
-        out["encoder_padding_mask"] = [t.index_select(0, new_order) for t in encoder_out["encoder_padding_mask"]]
-        return out
-
-    def max_positions(self):
-        return self.max_source_positions
+        return self.encoder_output(x, padding_mask, category)

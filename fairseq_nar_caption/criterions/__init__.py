@@ -1,0 +1,1 @@
+from . import nacf_loss  # noqa: F401

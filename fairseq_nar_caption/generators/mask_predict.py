@@ -1,0 +1,203 @@
+"""NACF decoding (Yang et al., AAAI 2021): MP, EF, L2R and their coarse-to-fine
+CT- variants, with a length beam and optional AR-B teacher rescoring.
+
+Per batch: the encoder runs once; the top-B predicted lengths of each item are
+decoded in parallel as B rows of one batch (the encoder output is repeated, not
+recomputed); every iteration is one bidirectional decoder pass over all rows.
+
+- CT- (Eq. 9-10): a first pass on an all-<vis> input gives the template Y(0);
+  its non-<mask> predictions (the visual words) are the initial observed set.
+  Without CT- the observed set starts empty (all <mask>).
+- MP (Eq. 11-14): T passes; each predicts the unobserved positions, then keeps the
+  N − m_{t+1} most confident tokens, m_{t+1} = max(⌊N·(T−t)/T⌋, 1).
+- EF (Eq. 15) / L2R (Eq. 17): each pass predicts the unobserved positions and fixes
+  the q most confident / the q leftmost of them, until none is left
+  (⌈(N−u)/q⌉ passes).  With CT-, one more pass re-predicts the template's visual
+  words given everything else (Eq. 16; ``--nar-skip-template-revisit`` skips it).
+- Length beam: the B most probable lengths in [--nar-min-length, N_max); the
+  winner maximises Σ_n log p_NAR(y_n) [+ log p_AR(y_n | y_<n)] / N^α, the AR term
+  when ``--teacher-path`` names an AR-B checkpoint (as the reference code does),
+  NAR confidence alone otherwise.
+Ties (equal confidences) go to the lower position index, so decoding an item
+alone or in a batch gives the same caption.
+"""
+import math
+from typing import Dict, List, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from . import register_generator
+
+ALGORITHMS = ("mp", "ef", "l2r")
+
+
+class MaskPredictGenerator:
+    def __init__(self, task, models, args, algorithm: str, coarse_to_fine: bool):
+        if len(models) != 1:
+            raise ValueError(f"{algorithm} decodes with one model, got an ensemble of {len(models)}")
+        cfg = task.cfg
+        self.model = models[0]
+        for hook in ("forward_length", "forward_decoder_nar"):
+            if not hasattr(self.model, hook):
+                raise ValueError(f"--generator {'ct-' if coarse_to_fine else ''}{algorithm} needs a NAR model with "
+                                 f"{hook} (e.g. --arch nacf), got {type(self.model).__name__}")
+        self.algorithm, self.coarse_to_fine = algorithm, coarse_to_fine
+        self.iterations, self.q, self.length_beam = cfg.nar_iterations, cfg.nar_q, cfg.length_beam
+        self.revisit_template = not cfg.nar_skip_template_revisit
+        self.alpha, self.min_len = cfg.length_norm_alpha, cfg.nar_min_length
+        if self.iterations < 1 or self.q < 1 or self.length_beam < 1:
+            raise ValueError("--nar-iterations, --nar-q and --length-beam must be >= 1")
+        d = task.target_dictionary
+        self.pad, self.eos, self.mask, self.vis = d.pad(), d.eos(), d.index("<mask>"), d.index("<vis>")
+        # symbols a caption never contains; the template pass may emit <mask> (Eq. 9)
+        self.not_words = [i for i in {d.bos(), d.pad(), d.eos(), d.unk(), self.mask, self.vis, d.index("<blank>")}]
+        self.teacher = self._load_teacher(cfg.teacher_path, task) if cfg.teacher_path else None
+        self.trace: Optional[List[Dict[str, Tensor]]] = None  # set to [] to record the observed sets per pass
+
+    @staticmethod
+    def _load_teacher(path, task):
+        from fairseq import checkpoint_utils
+
+        models, _ = checkpoint_utils.load_model_ensemble([path], task=task)
+        teacher = models[0].eval()
+        if not hasattr(teacher.decoder, "extract_features"):
+            raise ValueError(f"{path}: the teacher must be an autoregressive caption model (ar_caption)")
+        return teacher
+
+    # --------------------------------------------------------------- one decoder pass
+    def _predict(self, tokens: Tensor, encoder_out, allow_mask: bool = False):
+        """Argmax word and its log-probability at every position (Eq. 9 / 11)."""
+        lprobs = F.log_softmax(self.model.forward_decoder_nar(tokens, encoder_out).float(), dim=-1)
+        banned = [i for i in self.not_words if not (allow_mask and i == self.mask)]
+        lprobs[..., banned] = -math.inf
+        scores, words = lprobs.max(-1)
+        return words, scores
+
+    def _record(self, **state):
+        if self.trace is not None:
+            self.trace.append({k: v.clone() for k, v in state.items()})
+
+    # --------------------------------------------------------------- decoding
+    @torch.no_grad()
+    def generate(self, models, sample, **unused) -> List[List[Dict[str, Tensor]]]:
+        model = self.model
+        encoder_out = model.forward_encoder(sample["net_input"])
+        bsz = sample["net_input"]["features"].size(0)
+
+        # length beam: top-B lengths per item from the predicted distribution (Eq. 2)
+        length_lprobs = model.forward_length(encoder_out).float()
+        n_max = length_lprobs.size(1)
+        allowed = torch.arange(n_max, device=length_lprobs.device) >= max(self.min_len, 1)
+        length_lprobs = length_lprobs.masked_fill(~allowed, -math.inf)
+        beam = min(self.length_beam, int(allowed.sum()))
+        lengths = length_lprobs.topk(beam, dim=1).indices.view(-1)  # (bsz*B), item-major
+        rows = torch.arange(bsz, device=lengths.device).repeat_interleave(beam)
+        encoder_out = model.encoder.reorder_encoder_out(encoder_out, rows)
+
+        width = int(lengths.max())
+        valid = torch.arange(width, device=lengths.device)[None] < lengths[:, None]
+        tokens = torch.full_like(valid, self.mask, dtype=torch.long).masked_fill(~valid, self.pad)
+        scores = torch.full(valid.shape, -math.inf, device=valid.device)
+        observed = torch.zeros_like(valid)
+        template = torch.zeros_like(valid)
+        if self.coarse_to_fine:  # Eq. 9-10
+            y0, c0 = self._predict(tokens.masked_fill(valid, self.vis), encoder_out, allow_mask=True)
+            template = valid & y0.ne(self.mask)
+            tokens = torch.where(template, y0, tokens)
+            scores = torch.where(template, c0, scores)
+            observed = template.clone()
+        self._record(observed=observed, tokens=tokens)
+
+        if self.algorithm == "mp":
+            tokens, scores = self._mask_predict(tokens, scores, observed, valid, lengths, encoder_out)
+        else:
+            tokens, scores = self._fix_q_per_pass(tokens, scores, observed, valid, encoder_out)
+            if self.coarse_to_fine and self.revisit_template and template.any():  # Eq. 16
+                words, s = self._predict(tokens.masked_fill(template, self.mask), encoder_out)
+                tokens, scores = torch.where(template, words, tokens), torch.where(template, s, scores)
+                self._record(observed=valid & ~template, tokens=tokens)
+        return self._select(tokens, scores, valid, lengths, rows, bsz, beam, encoder_out, sample)
+
+    def _mask_predict(self, tokens, scores, observed, valid, lengths, encoder_out):
+        T = self.iterations
+        for t in range(1, T + 1):
+            words, s = self._predict(tokens.masked_fill(valid & ~observed, self.mask), encoder_out)
+            update = valid & ~observed  # I_t, Eq. 12; Eq. 11
+            tokens, scores = torch.where(update, words, tokens), torch.where(update, s, scores)
+            if t == T:
+                break
+            m_next = torch.clamp((lengths * (T - t)) // T, min=1)  # Eq. 14 with r = (T-(t+1)+1)/T
+            observed = self._top(scores, valid, lengths - m_next)  # Eq. 13
+            self._record(observed=observed, tokens=tokens)
+        return tokens, scores
+
+    def _fix_q_per_pass(self, tokens, scores, observed, valid, encoder_out):
+        while True:
+            todo = valid & ~observed
+            if not todo.any():
+                return tokens, scores
+            words, s = self._predict(tokens.masked_fill(todo, self.mask), encoder_out)
+            tokens, scores = torch.where(todo, words, tokens), torch.where(todo, s, scores)
+            if self.algorithm == "ef":  # Eq. 15: the q most confident unobserved tokens
+                key = scores.masked_fill(~todo, -math.inf)
+            else:  # L2R, Eq. 17: the q leftmost unobserved tokens
+                pos = torch.arange(todo.size(1), device=todo.device, dtype=torch.float)
+                key = (-pos).expand_as(scores).masked_fill(~todo, -math.inf)
+            k = torch.clamp(todo.sum(1), max=self.q)
+            observed = observed | (self._top(key, todo, k) & todo)
+            self._record(observed=observed, tokens=tokens)
+
+    @staticmethod
+    def _top(key: Tensor, allowed: Tensor, k: Tensor) -> Tensor:
+        """Per row, the k[row] highest keys among allowed positions; ties → lower index."""
+        n = key.size(1)
+        # stable sort on the negated key: descending, equal keys in position order
+        order = torch.argsort(-key.masked_fill(~allowed, -math.inf), dim=1, stable=True)
+        ranks = torch.empty_like(order)
+        ranks.scatter_(1, order, torch.arange(n, device=key.device).expand_as(order))
+        return (ranks < k[:, None]) & allowed
+
+    def _select(self, tokens, scores, valid, lengths, rows, bsz, beam, encoder_out, sample):
+        nar = scores.masked_fill(~valid, 0)
+        total = nar.sum(1)
+        if self.teacher is not None:
+            total = total + self._teacher_scores(tokens, valid, sample, rows)
+        total = total / lengths.float() ** self.alpha
+        best = total.view(bsz, beam).argmax(1) + torch.arange(bsz, device=total.device) * beam
+        out = []
+        for r in best.tolist():
+            n = int(lengths[r])
+            out.append([{
+                "tokens": torch.cat([tokens[r, :n], tokens.new_tensor([self.eos])]),
+                "score": float(total[r]),
+                "positional_scores": torch.cat([nar[r, :n], nar.new_zeros(1)]),
+                "alignment": None,
+            }])
+        return out
+
+    def _teacher_scores(self, tokens, valid, sample, rows):
+        """Σ_n log p_AR(y_n | y_<n) of each row's caption, one teacher-forced pass."""
+        enc = self.teacher.forward_encoder(sample["net_input"])
+        enc = self.teacher.encoder.reorder_encoder_out(enc, rows)
+        words = tokens.masked_fill(~valid, self.pad)
+        # fairseq's AR input: </s> then the caption (what follows position N-1 cannot
+        # influence earlier positions of a causal decoder)
+        prev = torch.cat([words.new_full((words.size(0), 1), self.eos), words[:, :-1]], 1)
+        logits, _ = self.teacher.decoder(prev, encoder_out=enc)
+        lp = F.log_softmax(logits.float(), -1).gather(-1, words.unsqueeze(-1)).squeeze(-1)
+        return lp.masked_fill(~valid, 0).sum(1)
+
+
+def _register(name: str, algorithm: str, coarse: bool):
+    @register_generator(name)
+    def build(task, models, args):
+        return MaskPredictGenerator(task, models, args, algorithm, coarse)
+
+    return build
+
+
+for _alg in ALGORITHMS:
+    _register(_alg, _alg, False)
+    _register(f"ct-{_alg}", _alg, True)
