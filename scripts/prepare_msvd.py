@@ -54,8 +54,7 @@ from typing import Dict, List, Optional, Sequence
 from fairseq_nar_caption.data.manifest import DataError
 from fairseq_nar_caption.data.text import normalize_caption
 
-# the shared corpus writer: scripts/ is on sys.path when this file runs as a script
-from prepare_msrvtt import SPLITS, Video, format_summary, write_video_corpus
+from fairseq_nar_caption.data.video_corpus import SPLITS, Video, format_summary, write_video_corpus
 
 NUM_CLIPS = 1970
 SPLIT_LAST_VID = (("train", 1200), ("val", 1300), ("test", NUM_CLIPS))  # inclusive upper bounds of vid<N>

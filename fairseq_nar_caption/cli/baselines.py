@@ -38,7 +38,7 @@ def cli_main(argv=None):
     p.add_argument("--json-out")
     a = p.parse_args(argv)
     res = run(a.data, a.feature_files, a.feature_key_template, a.split, a.train_split)
-    print(f"| baseline | BLEU-4 | METEOR | ROUGE-L | CIDEr-D |\n|---|---|---|---|---|")
+    print("| baseline | BLEU-4 | METEOR | ROUGE-L | CIDEr-D |\n|---|---|---|---|---|")
     for name, s in res.items():
         print(f"| {name} | {100 * s['Bleu_4']:.1f} | {100 * s['METEOR']:.1f} | "
               f"{100 * s['ROUGE_L']:.1f} | {100 * s['CIDEr-D']:.1f} |")

@@ -73,12 +73,14 @@ class NACFLoss(FairseqCriterion):
         self.vis_weight, self.low, self.high = vis_weight, mask_ratio_low, mask_ratio_high
         self.length_weight, self.eps = length_weight, label_smoothing
         d = task.target_dictionary
-        self.pad, self.eos, self.mask, self.vis = d.pad(), d.eos(), d.index("<mask>"), d.index("<vis>")
+        self.pad, self.eos, self.unk = d.pad(), d.eos(), d.unk()
+        self.mask, self.vis = d.index("<mask>"), d.index("<vis>")
         self.be_ids = [] if visual_words_include_be else [d.index(w) for w in BE_FORMS if d.index(w) != d.unk()]
 
     def visual_targets(self, words, pos):
-        """Eq. 6: the word at noun/verb positions, <mask> elsewhere (pad stays pad)."""
-        visual = pos.eq(NOUN) | pos.eq(VERB)
+        """Eq. 6: the word at noun/verb positions, <mask> elsewhere (pad stays pad;
+        <unk>, e.g. rare MSR-VTT words, is never a visual word)."""
+        visual = (pos.eq(NOUN) | pos.eq(VERB)) & words.ne(self.unk)
         for b in self.be_ids:
             visual &= words.ne(b)
         return words.masked_fill(~visual & words.ne(self.pad), self.mask)

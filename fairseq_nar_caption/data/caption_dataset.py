@@ -156,6 +156,12 @@ class CaptionDataset(FairseqDataset):
             batch["target_pos"] = data_utils.collate_tokens([self.target_pos(s["row"]) for s in samples], 0)
         return batch
 
+    def set_epoch(self, epoch):
+        """fairseq calls this before each epoch: fresh random frame draws per epoch."""
+        for store in self.features.stores:
+            if hasattr(store, "set_epoch"):
+                store.set_epoch(epoch)
+
     def num_tokens(self, index):
         return max(self.src_sizes[index], self.tgt_sizes[index])
 

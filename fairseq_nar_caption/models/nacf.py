@@ -20,7 +20,6 @@ import logging
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
-import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from fairseq import checkpoint_utils

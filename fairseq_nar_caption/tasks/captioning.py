@@ -25,10 +25,11 @@ from typing import Optional
 from fairseq.data import Dictionary
 from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 from fairseq.tasks import FairseqTask, register_task
-from omegaconf import MISSING
+from omegaconf import II, MISSING
 
 from ..data.caption_dataset import CaptionDataset
 from ..data.feature_store import MultiModalFeatures, open_feature_store
+from ..data.frame_sampling import FrameSampledStore
 from ..data.manifest import DataError, read_manifest
 from ..generators import build_caption_generator, generator_names
 
@@ -49,6 +50,10 @@ class CaptioningConfig(FairseqDataclass):
     feature_check: ChoiceEnum(["full", "lazy"]) = field(
         default="full", metadata={"help": "full: read every feature at load time and reject NaN/Inf; "
                                           "lazy: check ids/shapes at load, values when read"})
+    frames_per_video: int = field(
+        default=0, metadata={"help": "K > 0: sample K frames per item from (T, D) per-frame features (NACF: 8); "
+                                     "random segment sampling for training splits, segment centres otherwise"})
+    seed: int = II("common.seed")
     max_source_positions: int = field(default=256, metadata={"help": "max feature vectors per item"})
     max_target_positions: int = field(default=32, metadata={"help": "max caption tokens incl. </s>"})
     generator: str = field(
@@ -73,13 +78,22 @@ class CaptioningTask(FairseqTask):
         super().__init__(cfg)
         self.dictionary = dictionary
         paths = [p if os.path.isabs(p) else os.path.join(cfg.data, p) for p in cfg.feature_files.split(",")]
-        self.features = MultiModalFeatures([open_feature_store(p, cfg.feature_key_template) for p in paths])
-        shapes = [s.peek_shape() for s in self.features.stores]
+        self.stores = [open_feature_store(p, cfg.feature_key_template) for p in paths]
+        shapes = [s.peek_shape() for s in self.split_features(training=False).stores]
         if len({d for _, d in shapes}) != 1:
             raise DataError("feature stores disagree on the feature dim: "
                             + ", ".join(f"{p}: {d}" for p, (_, d) in zip(paths, shapes)))
         self.feature_dim = shapes[0][1]
         self.tokens_per_modality = [n for n, _ in shapes]
+
+    def split_features(self, training: bool) -> MultiModalFeatures:
+        """The feature stores as one split sees them (frame sampling per split, so
+        training draws do not disturb evaluation)."""
+        k = self.cfg.frames_per_video
+        if k <= 0:
+            return MultiModalFeatures(self.stores)
+        mode = "random" if training else "centre"
+        return MultiModalFeatures([FrameSampledStore(s, k, mode, self.cfg.seed) for s in self.stores])
 
     @classmethod
     def load_dictionary(cls, path):
@@ -102,7 +116,7 @@ class CaptioningTask(FairseqTask):
         path = os.path.join(self.cfg.data, f"{split}.tsv")
         training = split.startswith("train")
         self.datasets[split] = CaptionDataset(
-            read_manifest(path), path, self.features, self.dictionary,
+            read_manifest(path), path, self.split_features(training), self.dictionary,
             per=per or ("caption" if training else "item"),
             max_target_positions=self.cfg.max_target_positions,
             max_source_positions=self.cfg.max_source_positions,
