@@ -22,6 +22,7 @@ setup(
             "nar-caption-toy-data=fairseq_nar_caption.cli.make_toy_data:cli_main",
             "nar-caption-distill=fairseq_nar_caption.cli.distill:cli_main",
             "nar-caption-baselines=fairseq_nar_caption.cli.baselines:cli_main",
+            "nar-caption-table=fairseq_nar_caption.cli.table:cli_main",
         ]
     },
 )

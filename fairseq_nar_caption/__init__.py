@@ -5,8 +5,13 @@ for fairseq-generate).  fairseq's --user-dir auto-imports only ``tasks/`` and
 ``models/``; everything that registers is imported here instead, and our
 checkpoints are made loadable under torch's ``weights_only`` protection.
 """
-from . import checkpoint  # noqa: F401  (allow-lists fairseq checkpoint globals)
-from . import criterions  # noqa: F401
-from . import generators  # noqa: F401  (registry, before tasks read it)
-from . import models  # noqa: F401
-from . import tasks  # noqa: F401
+import logging
+
+# fairseq leaves the root logger at DEBUG in some entry points; h5py then floods stderr
+logging.getLogger("h5py").setLevel(logging.WARNING)
+
+from . import checkpoint  # noqa: E402,F401  (allow-lists fairseq checkpoint globals)
+from . import criterions  # noqa: E402,F401
+from . import generators  # noqa: E402,F401  (registry, before tasks read it)
+from . import models  # noqa: E402,F401
+from . import tasks  # noqa: E402,F401

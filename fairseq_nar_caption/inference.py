@@ -9,6 +9,7 @@ and builds the generator through ``task.build_generator``; ``decode_batch`` runs
 from dataclasses import dataclass
 import ast
 import os
+import warnings
 from typing import Dict, Iterator, List, Optional, Sequence
 
 import torch
@@ -31,7 +32,9 @@ def parse_generate_args(data: str, args: Sequence[str]):
     """``fairseq-generate DATA --user-dir <this package> --task captioning ARGS`` as a cfg."""
     argv = [data, "--user-dir", USER_DIR, "--task", "captioning"] + list(args)
     parser = options.get_generation_parser()
-    return convert_namespace_to_omegaconf(options.parse_args_and_arch(parser, input_args=argv))
+    with warnings.catch_warnings():  # fairseq's hydra compose API: deprecation chatter only
+        warnings.simplefilter("ignore", UserWarning)
+        return convert_namespace_to_omegaconf(options.parse_args_and_arch(parser, input_args=argv))
 
 
 def load(data: str, args: Sequence[str], device: str = "cpu") -> Loaded:

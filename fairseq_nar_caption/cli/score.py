@@ -102,11 +102,27 @@ def score_files(
     }
 
 
+def _cell(scores, key) -> str:
+    if key not in scores:
+        return "-"
+    return str(scores[key]) if key in _COUNTS else f"{100 * scores[key]:.1f}"
+
+
+def markdown_table(results: List[Dict[str, object]]) -> str:
+    """Several results (``score_files`` outputs) as one markdown table, x100."""
+    cols = [(key, head) for key, head in _COLUMNS if any(key in r["scores"] for r in results)]
+    lines = ["| name | images | " + " | ".join(h for _, h in cols) + " |", "|---" * (len(cols) + 2) + "|"]
+    for r in results:
+        cells = [_cell(r["scores"], k) for k, _ in cols]
+        lines.append(f"| {r['name']} | {r['num_images']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def format_table(result: Dict[str, object]) -> str:
     """The result as a small text table: scores x100 with one decimal, columns aligned."""
     scores = result["scores"]
     cols = [(key, head) for key, head in _COLUMNS if key in scores]
-    cells = [str(scores[k]) if k in _COUNTS else f"{100 * scores[k]:.1f}" for k, _ in cols]
+    cells = [_cell(scores, k) for k, _ in cols]
     widths = [max(len(h), len(c)) for (_, h), c in zip(cols, cells)]
     name_w = max(len("name"), len(result["name"]))
     lines = [

@@ -1,0 +1,29 @@
+"""Collect score JSON files (``nar-caption-score --json-out``) into one markdown table.
+
+    nar-caption-table runs/x/score_a.json runs/x/score_b.json ... [--out table.md]
+"""
+import argparse
+import json
+
+from .score import markdown_table
+
+
+def cli_main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("results", nargs="+", help="score JSON files, one row each, in this order")
+    p.add_argument("--out", help="also write the table here")
+    a = p.parse_args(argv)
+    results = []
+    for path in a.results:
+        with open(path, encoding="utf-8") as f:
+            results.append(json.load(f))
+    table = markdown_table(results)
+    print(table)
+    if a.out:
+        with open(a.out, "w", encoding="utf-8") as f:
+            f.write(table + "\n")
+    return table
+
+
+if __name__ == "__main__":
+    cli_main()
