@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 from fairseq.models import FairseqEncoderDecoderModel, register_model, register_model_architecture
 from fairseq.models.transformer import TransformerConfig, TransformerDecoderBase
-from fairseq.utils import get_available_activation_fns
+from fairseq.utils import get_available_activation_fns, safe_getattr
 from omegaconf import II, open_dict
 import torch.nn as nn
 
@@ -78,7 +78,8 @@ def resolve_feature_dim(cfg: CaptionModelConfig, task) -> int:
 
 
 def build_encoder(cfg: CaptionModelConfig, task, tcfg: TransformerConfig):
-    cls = HighwayFeatureEncoder if cfg.encoder_type == "highway" else FeatureEncoder
+    # fairseq drops config fields an older checkpoint lacks: read newer ones with their default
+    cls = HighwayFeatureEncoder if safe_getattr(cfg, "encoder_type", "transformer") == "highway" else FeatureEncoder
     return cls(tcfg, resolve_feature_dim(cfg, task), task.tokens_per_modality)
 
 
