@@ -131,6 +131,13 @@ def test_benchmark_harness(trained, tmp_path):
     assert "| beam5 |" in md and "| greedy |" in md and "CIDEr-D" in md
 
 
+def test_benchmark_row_names_may_contain_equals():
+    assert benchmark.parse_row("CT-MP T=2 B=6=--path x.pt --nar-iterations 2") == (
+        "CT-MP T=2 B=6", ["--path", "x.pt", "--nar-iterations", "2"])
+    with pytest.raises(Exception, match="NAME=ARGS"):
+        benchmark.parse_row("no options here")
+
+
 def test_distillation_writes_a_training_split(trained):
     data, ckpt, caps = trained
     out, captions = distill.distill(str(data), str(ckpt), batch_size=32)

@@ -31,12 +31,13 @@ train nacf $NAR --vis-weight 0.8
 SCORES=()
 score() {  # score ID CHECKPOINT GENERATE-ARGS...   ($LABEL names the table row)
   local name=$LABEL ckpt=$2
+  SCORES+=("$RUN/score_$1.json")
+  [ -f "$RUN/score_$1.json" ] && return 0
   fairseq-generate "$DATA" --user-dir "$U" --task captioning $FEATS --path "$ckpt" --gen-subset test \
     --batch-size 50 --cpu "${@:3}" > "$RUN/gen_$1.txt" 2> /dev/null
   python -m fairseq_nar_caption.cli.score --refs "$DATA/test_refs.json" --generate-output "$RUN/gen_$1.txt" \
     --train-manifest "$DATA/train.tsv" --dict "$DATA/dict.txt" --name "$name" --json-out "$RUN/score_$1.json" \
     > /dev/null 2>&1
-  SCORES+=("$RUN/score_$1.json")
 }
 T="--teacher-path $RUN/arb/checkpoint_best.pt"
 echo "== decode and score the test split (T=5, B=6, q=1; AR-B teacher rescoring unless noted)"
@@ -56,4 +57,4 @@ for t in 1 2 3 5; do for b in 1 3 6; do
 done; done
 ROWS+=(--row "CT-MP T=2 B=6 no teacher=--path $RUN/nacf/checkpoint_best.pt --generator ct-mp --nar-iterations 2 --length-beam 6 $FEATS")
 python -m fairseq_nar_caption.cli.benchmark "$DATA" --subset test "${ROWS[@]}" --metrics Bleu,METEOR,CIDEr-D \
-  --out-json "$RUN/benchmark.json" --out-md "$RUN/benchmark.md" 2> /dev/null | grep -v "^\[benchmark\]"
+  --out-json "$RUN/benchmark.json" --out-md "$RUN/benchmark.md" 2> "$RUN/benchmark.log" | grep -v "^\[benchmark\]"

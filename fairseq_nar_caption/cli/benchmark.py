@@ -15,6 +15,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import shlex
 
 import torch
@@ -25,10 +26,12 @@ from ..evaluation.latency import markdown_table, measure_latency, measure_throug
 
 
 def parse_row(spec: str):
-    if "=" not in spec:
-        raise argparse.ArgumentTypeError(f"--row must be NAME=ARGS, got {spec!r}")
-    name, args = spec.split("=", 1)
-    return name.strip(), shlex.split(args)
+    """``NAME=ARGS``; NAME may itself hold '=' ("CT-MP T=2 B=6"): the split is at the
+    first '=' followed by an option (ARGS start with '-')."""
+    m = re.match(r"^(.*?)=(?=\s*-)(.*)$", spec)
+    if not m or not m.group(1).strip():
+        raise argparse.ArgumentTypeError(f"--row must be NAME=ARGS with ARGS starting with an option, got {spec!r}")
+    return m.group(1).strip(), shlex.split(m.group(2))
 
 
 def benchmark(data, subset, rows, device="cpu", warmup=5, max_items=None, throughput_batch=64,

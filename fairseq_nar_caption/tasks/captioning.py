@@ -30,6 +30,7 @@ from omegaconf import II, MISSING
 from ..data.caption_dataset import CaptionDataset
 from ..data.feature_store import MultiModalFeatures, open_feature_store
 from ..data.frame_sampling import FrameSampledStore
+from ..data.hybrid_distill import HybridDistillDataset
 from ..data.manifest import DataError, read_manifest
 from ..generators import build_caption_generator, generator_names
 
@@ -68,6 +69,14 @@ class CaptioningConfig(FairseqDataclass):
     length_norm_alpha: float = field(default=1.0, metadata={"help": "α: candidates ranked by score / N^α"})
     teacher_path: Optional[str] = field(
         default=None, metadata={"help": "AR-B checkpoint rescoring the length candidates (p_NAR·p_AR)"})
+    # SAIC (models/saic.py): Outliner + Filler decoding (generators/outline_fill.py) and the
+    # teacher's captions for hybrid distillation (data/hybrid_distill.py, criterion group_mask)
+    outline_beam: int = field(default=5, metadata={"help": "M_out: Outliner beam size (--generator outline-fill)"})
+    fill_beam: int = field(
+        default=1, metadata={"help": "M_fill <= M_out: top Outliner hypotheses the Filler completes (ranked by Eq. 10)"})
+    hybrid_distill_split: Optional[str] = field(
+        default=None, metadata={"help": "distillation manifest (e.g. train_distill) giving training splits a "
+                                        "distill_target per caption: the AR teacher's caption of the same item"})
 
 
 @register_task("captioning", dataclass=CaptioningConfig)
@@ -122,6 +131,9 @@ class CaptioningTask(FairseqTask):
             max_source_positions=self.cfg.max_source_positions,
             feature_check=self.cfg.feature_check, strict_vocab=training, shuffle=training,
             feature_dim=self.feature_dim)
+        if self.cfg.hybrid_distill_split and self.datasets[split].per == "caption":
+            distill = os.path.join(self.cfg.data, f"{self.cfg.hybrid_distill_split}.tsv")
+            self.datasets[split] = HybridDistillDataset(self.datasets[split], distill)
         logger.info(f"{path}: {len(self.datasets[split])} examples")
 
     def build_model(self, cfg, from_checkpoint=False):

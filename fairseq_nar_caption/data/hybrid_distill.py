@@ -1,0 +1,57 @@
+"""Distilled targets beside the raw captions, for SAIC's hybrid knowledge
+distillation (Fei et al., Section 4.2, Algorithm 1 lines 5-7).
+
+``HybridDistillDataset`` wraps a training ``CaptionDataset`` (one example per raw
+caption) and gives every example the AR teacher's caption of the same item,
+read from a distillation manifest (``nar-caption-distill`` writes
+``<data>/train_distill.tsv``: one row per item).  Each example gets a
+``distill_target`` (words + </s>) and the collater adds ``sample["distill_target"]``
+(B x T, padded); the ``group_mask`` criterion picks, per caption, the raw or the
+distilled one.  The task builds it for training splits when
+``--hybrid-distill-split`` names the manifest.
+
+Every item of the wrapped dataset must have exactly one distilled caption; a
+missing or duplicated item, or a word outside the dictionary, is a ``DataError``
+naming the file and the item.
+"""
+from typing import Dict
+
+import numpy as np
+from fairseq.data import BaseWrapperDataset, data_utils
+
+from .caption_dataset import CaptionDataset, encode_caption
+from .manifest import DataError, read_manifest
+
+
+class HybridDistillDataset(BaseWrapperDataset):
+    def __init__(self, dataset: CaptionDataset, distill_path: str):
+        super().__init__(dataset)
+        self.distill_path = distill_path
+        rows: Dict[str, str] = {}
+        for r in read_manifest(distill_path):
+            if r.item_id in rows:
+                raise DataError(f"{distill_path}: item {r.item_id}: more than one distilled caption")
+            rows[r.item_id] = r.caption
+        missing = [i for i in dataset.item_order if i not in rows]
+        if missing:
+            shown = ", ".join(missing[:10]) + (", ..." if len(missing) > 10 else "")
+            raise DataError(f"{distill_path}: no distilled caption for {len(missing)} item(s) of "
+                            f"{dataset.manifest_path}: {shown}")
+        self.distill_targets = {
+            i: encode_caption(dataset.dictionary, rows[i], distill_path, i, dataset.max_target_positions)
+            for i in dataset.item_order}
+
+    def __getitem__(self, index):
+        example = self.dataset[index]
+        example["distill_target"] = self.distill_targets[example["item_id"]]
+        return example
+
+    def collater(self, samples):
+        batch = self.dataset.collater(samples)
+        if samples:
+            d = self.dataset.dictionary
+            batch["distill_target"] = data_utils.collate_tokens([s["distill_target"] for s in samples], d.pad())
+        return batch
+
+    def num_tokens_vec(self, indices) -> np.ndarray:
+        return self.dataset.num_tokens_vec(indices)
