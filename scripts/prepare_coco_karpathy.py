@@ -42,10 +42,9 @@ import json
 import sys
 from typing import Dict, List, Optional, Sequence
 
-from fairseq_nar_caption.data.feature_store import format_key, open_feature_store
 from fairseq_nar_caption.data.manifest import DataError
 from fairseq_nar_caption.data.text import normalize_caption
-from fairseq_nar_caption.data.video_corpus import SPLITS, Video, write_video_corpus
+from fairseq_nar_caption.data.video_corpus import SPLITS, Video, check_features, write_video_corpus
 
 KARPATHY_SPLITS = {"train": "train", "restval": "train", "val": "val", "test": "test"}
 
@@ -96,29 +95,13 @@ def read_karpathy(path: str):
     return splits, empty
 
 
-def check_image_features(paths: Sequence[str], template: str, item_ids: Sequence[str]) -> None:
-    """Every feature file holds a 2-D array under ``template`` applied to every id."""
-    for path in paths:
-        store = open_feature_store(path, template)
-        missing = []
-        for item_id in item_ids:
-            try:
-                store.shape(item_id)
-            except DataError:
-                missing.append(item_id)
-        if missing:
-            shown = ", ".join(f"{i} (key {format_key(template, i)!r})" for i in missing[:10])
-            raise DataError(f"{path}: {len(missing)} of {len(item_ids)} image(s) have no 2-D features: "
-                            f"{shown}{', ...' if len(missing) > 10 else ''}")
-
-
 def prepare(annotations: str, out: str, min_count: int = 5, max_words: int = 20, feature_files: Sequence[str] = (),
             feature_key_template: str = "{}") -> dict:
     splits, empty = read_karpathy(annotations)
     for split in SPLITS:
         if not splits[split]:
             raise DataError(f"{annotations}: no {split} images")
-    check_image_features(feature_files, feature_key_template, [v.item_id for s in SPLITS for v in splits[s]])
+    check_features(feature_files, [v.item_id for s in SPLITS for v in splits[s]], feature_key_template, "image")
     summary = write_video_corpus(out, splits, annotations, min_count, max_words, name="COCO Karpathy")
     summary["empty_captions_skipped"] = empty
     return summary

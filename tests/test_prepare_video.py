@@ -195,7 +195,7 @@ def test_frame_sampled_stores_in_caption_dataset(msrvtt):
 def test_msrvtt_missing_features_error_names_file_and_ids(tmp_path):
     write_videodatainfo(tmp_path / "info.json")
     video_features(tmp_path / "a.hdf5", ["video0", "video1", "video2", "video3", "video4"])
-    with pytest.raises(SystemExit, match=r"a\.hdf5: 1 of 6 video\(s\) have no 2-D features under their id: video5"):
+    with pytest.raises(SystemExit, match=r"a\.hdf5: 1 of 6 video\(s\) have no 2-D features: video5"):
         prepare_msrvtt.main(["--annotations", str(tmp_path / "info.json"), "--out", str(tmp_path / "out"),
                              "--features", str(tmp_path / "a.hdf5")])
     assert not os.path.exists(tmp_path / "out")  # checked before anything is written

@@ -8,7 +8,7 @@ import os
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence
 
-from .feature_store import open_feature_store
+from .feature_store import format_key, open_feature_store
 from .manifest import CaptionRow, DataError, write_coco_refs, write_manifest
 from .text import build_dictionary, pos_tag_captions
 
@@ -23,10 +23,11 @@ class Video:
     category: Optional[int] = None
 
 
-def check_features(paths: Sequence[str], item_ids: Sequence[str]) -> None:
-    """Every feature file holds a 2-D array under every id (keys = ids)."""
+def check_features(paths: Sequence[str], item_ids: Sequence[str], template: str = "{}", what: str = "video") -> None:
+    """Every feature file holds a 2-D array under ``template`` applied to every id;
+    one error per file lists the missing ids (and their keys when a template applies)."""
     for path in paths:
-        store = open_feature_store(path)
+        store = open_feature_store(path, template)
         missing = []
         for item_id in item_ids:
             try:
@@ -34,9 +35,10 @@ def check_features(paths: Sequence[str], item_ids: Sequence[str]) -> None:
             except DataError:
                 missing.append(item_id)
         if missing:
-            shown = ", ".join(missing[:10]) + (", ..." if len(missing) > 10 else "")
-            raise DataError(f"{path}: {len(missing)} of {len(item_ids)} video(s) have no 2-D features "
-                            f"under their id: {shown}")
+            shown = ", ".join(i if template == "{}" else f"{i} (key {format_key(template, i)!r})"
+                              for i in missing[:10])
+            raise DataError(f"{path}: {len(missing)} of {len(item_ids)} {what}(s) have no 2-D features: "
+                            f"{shown}{', ...' if len(missing) > 10 else ''}")
 
 
 def _eval_order(captions: List[str], max_words: int) -> List[str]:

@@ -77,6 +77,17 @@ def resolve_feature_dim(cfg: CaptionModelConfig, task) -> int:
     return cfg.input_feature_dim
 
 
+def build_output_projection(cfg: CaptionModelConfig, embed_tokens: nn.Embedding) -> nn.Linear:
+    """Decoder output layer of our own decoders (NACF, SAIC), named and tied like
+    fairseq's ``TransformerDecoderBase.output_projection`` so AR weights load into it."""
+    proj = nn.Linear(cfg.embed_dim, embed_tokens.num_embeddings, bias=False)
+    if cfg.share_decoder_input_output_embed:
+        proj.weight = embed_tokens.weight
+    else:
+        nn.init.normal_(proj.weight, mean=0, std=cfg.embed_dim ** -0.5)
+    return proj
+
+
 def build_encoder(cfg: CaptionModelConfig, task, tcfg: TransformerConfig):
     # fairseq drops config fields an older checkpoint lacks: read newer ones with their default
     cls = HighwayFeatureEncoder if safe_getattr(cfg, "encoder_type", "transformer") == "highway" else FeatureEncoder

@@ -29,7 +29,8 @@ from fairseq.modules import FairseqDropout, LayerNorm, PositionalEmbedding
 from fairseq.modules.transformer_layer import TransformerDecoderLayerBase
 from torch import Tensor
 
-from .ar_caption import CaptionEncoderDecoderModel, CaptionModelConfig, build_encoder, transformer_config
+from .ar_caption import (CaptionEncoderDecoderModel, CaptionModelConfig, build_encoder,
+                         build_output_projection, transformer_config)
 
 logger = logging.getLogger(__name__)
 
@@ -75,11 +76,7 @@ class NACFDecoder(FairseqDecoder):
         self.dropout_module = FairseqDropout(cfg.dropout, module_name=self.__class__.__name__)
         self.layers = nn.ModuleList([TransformerDecoderLayerBase(tcfg) for _ in range(cfg.decoder_layers)])
         self.layer_norm = LayerNorm(d) if cfg.normalize_before else None
-        self.output_projection = nn.Linear(d, len(dictionary), bias=False)
-        if cfg.share_decoder_input_output_embed:
-            self.output_projection.weight = self.embed_tokens.weight
-        else:
-            nn.init.normal_(self.output_projection.weight, mean=0, std=d ** -0.5)
+        self.output_projection = build_output_projection(cfg, embed_tokens)
 
     def forward(self, tokens: Tensor, encoder_out: Dict[str, List[Tensor]], **unused) -> Tensor:
         """tokens: B x N (words, <mask>, <vis>, <pad>) → logits B x N x V (Eq. 4, 7)."""

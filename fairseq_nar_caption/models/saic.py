@@ -76,7 +76,8 @@ from fairseq.modules import FairseqDropout, LayerNorm, PositionalEmbedding
 from fairseq.modules.transformer_layer import TransformerDecoderLayerBase
 from torch import Tensor
 
-from .ar_caption import CaptionEncoderDecoderModel, CaptionModelConfig, build_encoder, transformer_config
+from .ar_caption import (CaptionEncoderDecoderModel, CaptionModelConfig, build_encoder,
+                         ar_caption_tiny, build_output_projection, transformer_config)
 from .modules.rpr_attention import IncrementalState, RelativePositionMultiheadAttention
 
 logger = logging.getLogger(__name__)
@@ -220,11 +221,7 @@ class SAICDecoder(FairseqIncrementalDecoder):
         self.dropout_module = FairseqDropout(cfg.dropout, module_name=self.__class__.__name__)
         self.layers = nn.ModuleList([SAICDecoderLayer(tcfg, rpr_window) for _ in range(cfg.decoder_layers)])
         self.layer_norm = LayerNorm(d) if cfg.normalize_before else None
-        self.output_projection = nn.Linear(d, len(dictionary), bias=False)
-        if cfg.share_decoder_input_output_embed:
-            self.output_projection.weight = self.embed_tokens.weight
-        else:
-            nn.init.normal_(self.output_projection.weight, mean=0, std=d ** -0.5)
+        self.output_projection = build_output_projection(cfg, embed_tokens)
 
     def run(self, tokens: Tensor, positions: Tensor, encoder_out: Dict[str, List[Tensor]],
             self_attn_mask: Optional[Tensor] = None, incremental_state: Optional[IncrementalState] = None) -> Tensor:
@@ -341,8 +338,4 @@ class SAICModel(CaptionEncoderDecoderModel):
 @register_model_architecture("saic", "saic_tiny")
 def saic_tiny(args):
     """The sizes of ``ar_caption_tiny`` (d 256, 2 + 2 layers, 4 heads), to initialise from it."""
-    args.embed_dim = getattr(args, "embed_dim", 256)
-    args.ffn_embed_dim = getattr(args, "ffn_embed_dim", 1024)
-    args.attention_heads = getattr(args, "attention_heads", 4)
-    args.encoder_layers = getattr(args, "encoder_layers", 2)
-    args.decoder_layers = getattr(args, "decoder_layers", 2)
+    ar_caption_tiny(args)
