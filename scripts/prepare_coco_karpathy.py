@@ -38,11 +38,10 @@ image (one error naming the file and the missing ids) before anything is written
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from typing import Dict, List, Optional, Sequence
 
-from fairseq_nar_caption.data.manifest import DataError
+from fairseq_nar_caption.data.manifest import DataError, load_json
 from fairseq_nar_caption.data.text import normalize_caption
 from fairseq_nar_caption.data.video_corpus import SPLITS, Video, check_features, write_video_corpus
 
@@ -51,13 +50,7 @@ KARPATHY_SPLITS = {"train": "train", "restval": "train", "val": "val", "test": "
 
 def read_karpathy(path: str):
     """Images per split (file order) and the number of captions empty after normalisation."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            doc = json.load(f)
-    except FileNotFoundError:
-        raise DataError(f"{path}: annotation file not found")
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DataError(f"{path}: not a JSON file ({e})")
+    doc = load_json(path, "annotation")
     if not isinstance(doc, dict) or not isinstance(doc.get("images"), list):
         raise DataError(f"{path}: no 'images' list (expected Karpathy's dataset_coco.json)")
     splits: Dict[str, List[Video]] = {s: [] for s in SPLITS}

@@ -49,11 +49,10 @@ shared with ``prepare_msvd.py``.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from typing import Dict, List, Optional, Sequence
 
-from fairseq_nar_caption.data.manifest import DataError
+from fairseq_nar_caption.data.manifest import DataError, load_json
 from fairseq_nar_caption.data.text import normalize_caption
 from fairseq_nar_caption.data.video_corpus import SPLITS, Video, format_summary, write_video_corpus
 
@@ -77,13 +76,7 @@ def read_videodatainfo(paths: Sequence[str]):
     after normalisation, from one or more MSR-VTT annotation JSON files."""
     docs = []
     for path in paths:
-        try:
-            with open(path, encoding="utf-8") as f:
-                doc = json.load(f)
-        except FileNotFoundError:
-            raise DataError(f"{path}: annotation file not found")
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise DataError(f"{path}: not a JSON file ({e})")
+        doc = load_json(path, "annotation")
         for key in ("videos", "sentences"):
             if not isinstance(doc, dict) or not isinstance(doc.get(key), list):
                 raise DataError(f"{path}: no {key!r} list (expected MSR-VTT's videodatainfo.json)")

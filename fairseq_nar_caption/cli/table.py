@@ -3,8 +3,8 @@
     nar-caption-table runs/x/score_a.json runs/x/score_b.json ... [--out table.md]
 """
 import argparse
-import json
 
+from ..data.manifest import load_json
 from .score import markdown_table
 
 
@@ -13,10 +13,7 @@ def cli_main(argv=None):
     p.add_argument("results", nargs="+", help="score JSON files, one row each, in this order")
     p.add_argument("--out", help="also write the table here")
     a = p.parse_args(argv)
-    results = []
-    for path in a.results:
-        with open(path, encoding="utf-8") as f:
-            results.append(json.load(f))
+    results = [load_json(path, "score") for path in a.results]
     table = markdown_table(results)
     print(table)
     if a.out:

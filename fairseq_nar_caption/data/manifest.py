@@ -32,6 +32,21 @@ class DataError(ValueError):
     """Bad input data: the message names the file and the item."""
 
 
+def load_json(path: str, what: str):
+    """A JSON file, or one DataError naming it: missing, not UTF-8, or invalid (with the line)."""
+    import json
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (FileNotFoundError, IsADirectoryError):
+        raise DataError(f"{path}: {what} file not found") from None
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: {what} file is not UTF-8 text ({e.reason})") from None
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}:{e.lineno}: invalid JSON ({e.msg})") from None
+
+
 @dataclass(frozen=True)
 class CaptionRow:
     item_id: str

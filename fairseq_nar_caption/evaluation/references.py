@@ -13,21 +13,10 @@ raises ``DataError`` naming the file and the line or entry.
 """
 from __future__ import annotations
 
-import json
 import os
 from typing import Dict, Iterable, List, Sequence, Union
 
-from ..data.manifest import DataError
-
-
-def _load_json(path: str, what: str):
-    if not os.path.isfile(path):
-        raise DataError(f"{path}: {what} file not found")
-    with open(path, encoding="utf-8") as f:
-        try:
-            return json.load(f)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{path}:{e.lineno}: invalid JSON ({e.msg})") from e
+from ..data.manifest import DataError, load_json
 
 
 def load_coco_refs(path: str) -> Dict[str, List[str]]:
@@ -36,7 +25,7 @@ def load_coco_refs(path: str) -> Dict[str, List[str]]:
     Every image must have at least one caption and every annotation must belong to
     a listed image.
     """
-    data = _load_json(path, "COCO references")
+    data = load_json(path, "COCO references")
     if not isinstance(data, dict) or "images" not in data or "annotations" not in data:
         raise DataError(f"{path}: not a COCO caption file (needs 'images' and 'annotations')")
     refs: Dict[str, List[str]] = {}
@@ -67,7 +56,7 @@ def coco_image_order(path: str) -> List[str]:
 
 def load_coco_results(path: str) -> Dict[str, str]:
     """Generated captions from a COCO results file, keyed by string image id."""
-    data = _load_json(path, "COCO results")
+    data = load_json(path, "COCO results")
     if not isinstance(data, list):
         raise DataError(f"{path}: a COCO results file is a JSON list of {{'image_id', 'caption'}}")
     hyps: Dict[str, str] = {}
