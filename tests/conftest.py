@@ -9,6 +9,17 @@ USER_DIR = os.path.join(REPO, "fairseq_nar_caption")
 BIN = os.path.dirname(sys.executable)  # .venv/bin: fairseq-train, fairseq-generate
 
 
+def make_dictionary(words):
+    """A fairseq Dictionary of ``words`` plus the captioning task's reserved symbols."""
+    from fairseq.data import Dictionary
+    from fairseq_nar_caption.tasks.captioning import RESERVED_SYMBOLS
+
+    d = Dictionary()
+    for w in list(words) + list(RESERVED_SYMBOLS):
+        d.add_symbol(w)
+    return d
+
+
 def write_h5(path, arrays):
     import h5py
 

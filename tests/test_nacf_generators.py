@@ -10,22 +10,15 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from fairseq.data import Dictionary
 
+from conftest import make_dictionary
 from fairseq_nar_caption.generators.mask_predict import MaskPredictGenerator
-from fairseq_nar_caption.models.modules.feature_encoder import CaptionEncoderBase
-from fairseq_nar_caption.tasks.captioning import RESERVED_SYMBOLS
 
 WORDS = "a b c d e f g h x".split()
 
 
 def dictionary():
-    d = Dictionary()
-    for w in WORDS:
-        d.add_symbol(w)
-    for s in RESERVED_SYMBOLS:
-        d.add_symbol(s)
-    return d
+    return make_dictionary(WORDS)
 
 
 class Stub(torch.nn.Module):

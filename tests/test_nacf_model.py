@@ -8,7 +8,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from conftest import BIN, USER_DIR
+from conftest import BIN, USER_DIR, make_dictionary
 from fairseq_nar_caption import inference
 from fairseq_nar_caption.cli import score
 from fairseq_nar_caption.criterions.nacf_loss import NACFLoss, nar_targets, random_mask
@@ -48,17 +48,8 @@ class FakeTask:
         self.target_dictionary = d
 
 
-def toy_dictionary():
-    from fairseq.data import Dictionary
-
-    d = Dictionary()
-    for w in "a man is driving car <mask> <vis> <blank>".split():
-        d.add_symbol(w)
-    return d
-
-
 def test_visual_word_targets_eq6():
-    d = toy_dictionary()
+    d = make_dictionary("a man is driving car".split())
     crit = NACFLoss(FakeTask(d), 0.8, 0.0, 1.0, 1.0, 0.0, False)
     words = torch.tensor([[d.index("a"), d.index("man"), d.index("is"), d.index("driving"), d.unk(), d.pad()]])
     pos = torch.tensor([[OTHER, NOUN, VERB, VERB, NOUN, OTHER]])

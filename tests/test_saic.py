@@ -12,12 +12,12 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from fairseq.data import Dictionary, data_utils
+from fairseq.data import data_utils
 from fairseq.models import FairseqIncrementalDecoder
 from fairseq.sequence_generator import SequenceGenerator
 from omegaconf import OmegaConf
 
-from conftest import BIN, REPO, USER_DIR, write_tsv
+from conftest import BIN, REPO, USER_DIR, make_dictionary, write_tsv
 from fairseq_nar_caption import inference
 from fairseq_nar_caption.cli import distill
 from fairseq_nar_caption.criterions.group_mask import (GroupMaskCriterion, group_proportion, hybrid_targets,
@@ -32,7 +32,7 @@ from fairseq_nar_caption.models.ar_caption import ARCaptionModel, CaptionModelCo
 from fairseq_nar_caption.models.modules.rpr_attention import RelativePositionMultiheadAttention
 from fairseq_nar_caption.models.saic import (SAICConfig, SAICModel, filler_layout, filler_targets, group_mask,
                                              outline_layout)
-from fairseq_nar_caption.tasks.captioning import RESERVED_SYMBOLS, CaptioningConfig, CaptioningTask
+from fairseq_nar_caption.tasks.captioning import CaptioningConfig, CaptioningTask
 
 sys.path.insert(0, os.path.join(REPO, "scripts"))
 import saic_section3  # noqa: E402
@@ -50,12 +50,7 @@ def one_thread():
 
 
 def dictionary():
-    d = Dictionary()
-    for w in WORDS:
-        d.add_symbol(w)
-    for s in RESERVED_SYMBOLS:
-        d.add_symbol(s)
-    return d
+    return make_dictionary(WORDS)
 
 
 def ids(d, text):
