@@ -29,8 +29,10 @@ class Loaded:
 
 
 def parse_generate_args(data: str, args: Sequence[str]):
-    """``fairseq-generate DATA --user-dir <this package> --task captioning ARGS`` as a cfg."""
-    argv = [data, "--user-dir", USER_DIR, "--task", "captioning"] + list(args)
+    """``fairseq-generate DATA --user-dir <this package> --task captioning ARGS`` as a cfg
+    (ARGS may name another ``--task`` of this package)."""
+    task = [] if "--task" in args else ["--task", "captioning"]
+    argv = [data, "--user-dir", USER_DIR] + task + list(args)
     parser = options.get_generation_parser()
     with warnings.catch_warnings():  # fairseq's hydra compose API: deprecation chatter only
         warnings.simplefilter("ignore", UserWarning)

@@ -53,6 +53,8 @@ if [ "${ABLATIONS:-0}" = 1 ]; then
   train saic_raw $SAIC --group-size $K --p-hybr 1 --init-from-ar "$AR"                   # Table 5: raw
   train saic_seqdist $SAIC --group-size $K --p-hybr 0 --init-from-ar "$AR"               # Table 5: seq. dist.
   for k in 2 3; do train "saic_k$k" $SAIC --group-size $k --p-hybr 0.5 --init-from-ar "$AR"; done  # Table 6
+fi
+if [ "${TABLE7:-0}" = 1 ]; then
   train saic_nocl $SAIC --group-size $K --p-hybr 0.5 --curriculum-lambda 0 --init-from-ar "$AR"   # Table 7: -CL
   train saic_norpr $SAIC --group-size $K --p-hybr 0.5 --rpr-window 0 --init-from-ar "$AR"         # Table 7: -RPR
   train saic_noft $SAIC --group-size $K --p-hybr 0.5                                              # Table 7: -FT
@@ -77,7 +79,11 @@ for m in "5 5" "5 1" "1 1"; do
     --generator outline-fill --outline-beam "$1" --fill-beam "$2"
 done
 if [ "${ABLATIONS:-0}" = 1 ]; then
-  for name in saic_raw saic_seqdist saic_k2 saic_k3 saic_nocl saic_norpr saic_noft; do
+  ABL="saic_raw saic_seqdist saic_k2 saic_k3"
+fi
+[ "${TABLE7:-0}" = 1 ] && ABL="${ABL:-} saic_nocl saic_norpr saic_noft"
+if [ -n "${ABL:-}" ]; then
+  for name in $ABL; do
     LABEL="$name (1,1)" score "${name}_1_1" "$RUN/$name/checkpoint_best.pt" --generator outline-fill \
       --outline-beam 1 --fill-beam 1
   done
@@ -87,10 +93,16 @@ python -m fairseq_nar_caption.cli.table "${SCORES[@]}" --out "$RUN/scores.md"
 # 5. batch-1 latency (encoder included, warm-up excluded) and throughput, CPU
 echo "== benchmark"
 S="--path $RUN/saic/checkpoint_best.pt --max-len-b 30 --generator outline-fill"
-python -m fairseq_nar_caption.cli.benchmark "$DATA" --subset test --metrics Bleu,METEOR,CIDEr-D \
-  --row "AIC beam 5=--path $AR --beam 5 --max-len-b 30" \
-  --row "AIC greedy=--path $AR --beam 1 --max-len-b 30" \
-  --row "SAIC k$K (5,5)=$S --outline-beam 5 --fill-beam 5" \
-  --row "SAIC k$K (5,1)=$S --outline-beam 5 --fill-beam 1" \
-  --row "SAIC k$K (1,1)=$S --outline-beam 1 --fill-beam 1" \
+ROWS=(--row "AIC beam 5=--path $AR --beam 5 --max-len-b 30"
+  --row "AIC greedy=--path $AR --beam 1 --max-len-b 30"
+  --row "SAIC k$K (5,5)=$S --outline-beam 5 --fill-beam 5"
+  --row "SAIC k$K (5,1)=$S --outline-beam 5 --fill-beam 1"
+  --row "SAIC k$K (1,1)=$S --outline-beam 1 --fill-beam 1")
+if [ "${ABLATIONS:-0}" = 1 ]; then  # Table 6: speed of k = 2, 3
+  for k in 2 3; do
+    ROWS+=(--row "SAIC k$k (1,1)=--path $RUN/saic_k$k/checkpoint_best.pt --max-len-b 30 --generator outline-fill \
+--outline-beam 1 --fill-beam 1")
+  done
+fi
+python -m fairseq_nar_caption.cli.benchmark "$DATA" --subset test --metrics Bleu,METEOR,CIDEr-D "${ROWS[@]}" \
   --out-json "$RUN/benchmark.json" --out-md "$RUN/benchmark.md" 2> /dev/null | grep -v "^\[benchmark\]"
