@@ -18,11 +18,14 @@ setup(
     entry_points={
         "console_scripts": [
             "nar-caption-score=fairseq_nar_caption.cli.score:cli_main",
+            "nar-caption-score-vl=fairseq_nar_caption.cli.score_vl:cli_main",
             "nar-caption-benchmark=fairseq_nar_caption.cli.benchmark:cli_main",
             "nar-caption-toy-data=fairseq_nar_caption.cli.make_toy_data:cli_main",
             "nar-caption-distill=fairseq_nar_caption.cli.distill:cli_main",
+            "nar-caption-distill-vl=fairseq_nar_caption.cli.distill_vl:cli_main",
             "nar-caption-baselines=fairseq_nar_caption.cli.baselines:cli_main",
             "nar-caption-table=fairseq_nar_caption.cli.table:cli_main",
+            "nar-caption-retrieve=fairseq_nar_caption.cli.retrieve:cli_main",
         ]
     },
 )

@@ -72,7 +72,9 @@ def decode_batch(loaded: Loaded, sample: dict) -> List[str]:
     strip = set(getattr(loaded.generator, "symbols_to_strip_from_output", None)
                 or {loaded.task.target_dictionary.eos()})
     d = loaded.task.target_dictionary
-    return [d.string(h[0]["tokens"].int().cpu(), extra_symbols_to_ignore=strip) for h in hypos]
+    out = [d.string(h[0]["tokens"].int().cpu(), extra_symbols_to_ignore=strip) for h in hypos]
+    post = getattr(loaded.task, "post_process_hypothesis", None)  # e.g. sentencepiece detokenisation
+    return [post(s) for s in out] if post is not None else out
 
 
 def decode_dataset(loaded: Loaded, dataset, batch_size: int = 64,

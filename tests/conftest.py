@@ -35,6 +35,18 @@ def write_tsv(path, rows, header=("item_id", "caption")):
             f.write("\t".join(r) + "\n")
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Small tensors on 2 shared cores: a second torch thread only contends (up to 10x slower).
+    (fairseq-train/-generate subprocesses of the tests set their own threads.)"""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def tiny_data(tmp_path):
     """A 3-item caption folder: features.h5 (4 x 6 per item), train/test manifests, dict.txt."""

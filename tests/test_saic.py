@@ -40,15 +40,6 @@ import saic_section3  # noqa: E402
 WORDS = "a b c d e f g h red ball on grass".split()
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small tensors on 2 shared cores: a second torch thread only contends (10x slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def dictionary():
     return make_dictionary(WORDS)
 

@@ -15,13 +15,7 @@ OPT="--optimizer adam --adam-betas (0.9,0.98) --lr 1e-3 --lr-scheduler inverse_s
 TRAIN="--task captioning $FEATS $SIZE $OPT --batch-size 64 --num-workers 0 --valid-subset val \
   --no-epoch-checkpoints --best-checkpoint-metric loss --cpu --no-progress-bar --log-interval 100 --seed 1"
 
-train() {  # train NAME ARGS...
-  local name=$1; shift
-  [ -f "$RUN/$name/checkpoint_best.pt" ] && return 0
-  echo "== train $name"
-  fairseq-train "$DATA" --user-dir "$U" $TRAIN --save-dir "$RUN/$name" "$@" > "$RUN/$name.log" 2>&1
-  grep -E "done training" "$RUN/$name.log"
-}
+source examples/lib.sh  # train NAME ARGS...
 python -m fairseq_nar_caption.cli.make_toy_data --out "$(dirname "$DATA")" > /dev/null
 train arb --arch nacf_arb --criterion label_smoothed_cross_entropy --label-smoothing 0.1 --max-epoch ${AR_EPOCHS:-12}
 NAR="--arch nacf --criterion nacf_loss --mask-ratio-low 0.35 --mask-ratio-high 0.9 --init-from-ar $RUN/arb/checkpoint_best.pt --max-epoch ${NAR_EPOCHS:-20}"

@@ -68,7 +68,27 @@ def collate_features(arrays: List[torch.Tensor]):
     return feats, padding_mask
 
 
-class CaptionDataset(FairseqDataset):
+class SourceTargetSizes:
+    """fairseq's size protocol (batching by size, filtering) from ``src_sizes`` / ``tgt_sizes``."""
+
+    src_sizes: np.ndarray
+    tgt_sizes: np.ndarray
+
+    def num_tokens(self, index):
+        return max(self.src_sizes[index], self.tgt_sizes[index])
+
+    def num_tokens_vec(self, indices):
+        return np.maximum(self.src_sizes[indices], self.tgt_sizes[indices])
+
+    def size(self, index):
+        return (self.src_sizes[index], self.tgt_sizes[index])
+
+    @property
+    def sizes(self):
+        return np.stack([self.src_sizes, self.tgt_sizes], axis=1)
+
+
+class CaptionDataset(SourceTargetSizes, FairseqDataset):
     def __init__(self, rows: List[CaptionRow], manifest_path: str, features: MultiModalFeatures,
                  dictionary, per: str = "caption", max_target_positions: int = 32,
                  max_source_positions: int = 1024, feature_check: str = "full",
@@ -161,19 +181,6 @@ class CaptionDataset(FairseqDataset):
         for store in self.features.stores:
             if hasattr(store, "set_epoch"):
                 store.set_epoch(epoch)
-
-    def num_tokens(self, index):
-        return max(self.src_sizes[index], self.tgt_sizes[index])
-
-    def num_tokens_vec(self, indices):
-        return np.maximum(self.src_sizes[indices], self.tgt_sizes[indices])
-
-    def size(self, index):
-        return (self.src_sizes[index], self.tgt_sizes[index])
-
-    @property
-    def sizes(self):
-        return np.stack([self.src_sizes, self.tgt_sizes], axis=1)
 
     def ordered_indices(self):
         indices = np.random.permutation(len(self)) if self.shuffle else np.arange(len(self))

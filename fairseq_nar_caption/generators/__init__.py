@@ -35,3 +35,5 @@ def build_caption_generator(name, task, models, args):
 
 from . import mask_predict  # noqa: E402,F401  (NACF: mp, ef, l2r, ct-mp, ct-ef, ct-l2r)
 from . import outline_fill  # noqa: E402,F401  (SAIC: outline-fill)
+from . import ctc  # noqa: E402,F401  (NARVL: ctc)
+from . import diffusion  # noqa: E402,F401  (RDT: diffusion)

@@ -1,0 +1,76 @@
+"""Sequence-level distillation for NARVL (captioning, VQA): AR teacher outputs as training targets.
+
+    python -m fairseq_nar_caption.cli.distill_vl DATA --path ar/checkpoint_best.pt --vl-task caption \\
+        [--split train] [--out-split train_distill] [--batch-size 64] \\
+        [-- --image-dir ../images/pixels --patch-image-size 96 --num-bins 64 --beam 5 ...]
+
+Decodes with the same loop as every consumer (``inference.load`` / ``decode_dataset``:
+fairseq-generate arguments, ``--task vision_language``), and writes
+``DATA/<vl-task>_<out-split>.tsv`` in the same OFA columns:
+
+- caption: one row per image (the first training row of each image is decoded), the
+  teacher's caption in the caption column, uniq id ``<image-id>_distill``;
+- vqa: one row per question, answers ``1.0|!+<teacher answer>``.
+
+Train NARVL on it with ``--train-subset train_distill``.  An empty teacher output
+stops with the item named; nothing is written half.
+"""
+import argparse
+import os
+
+from .. import inference
+from ..data.manifest import DataError
+from ..utils import atomic_write_text
+
+
+def distill_vl(data, path, vl_task, split="train", out_split="train_distill", batch_size=64, generate_args=(),
+               device="cpu"):
+    if vl_task not in ("caption", "vqa"):
+        raise ValueError(f"distillation is for caption and vqa (the paper's KD tasks), got {vl_task!r}")
+    args = ["--task", "vision_language", "--vl-task", vl_task, "--path", path, "--beam", "5",
+            "--max-len-b", "30", "--batch-size", str(batch_size)]
+    args += list(generate_args) + (["--cpu"] if device == "cpu" else [])
+    loaded = inference.load(data, args, device=device)
+    loaded.task.load_dataset(split)
+    ds = loaded.task.dataset(split)
+    if vl_task == "caption":  # one decode per image
+        first = {}
+        for i, r in enumerate(ds.rows):
+            first.setdefault(r.image_id, i)
+        ds = ds.select(list(first.values()))
+    outputs = inference.decode_dataset(loaded, ds, batch_size)
+    empty = [k for k, v in outputs.items() if not v.strip()]
+    if empty:
+        raise DataError(f"{path}: the teacher produced empty outputs for {len(empty)} item(s) of {split} "
+                        f"(first: {empty[:5]}); refusing to write {vl_task}_{out_split}.tsv")
+    lines = []
+    for r in ds.rows:
+        c = list(r.columns)
+        text = outputs[r.uniq_id].replace("\t", " ")
+        if vl_task == "caption":
+            c[0], c[2] = f"{r.image_id}_distill", text
+        else:
+            c[3] = f"1.0|!+{text}"
+        lines.append("\t".join(c) + "\n")
+    out = os.path.join(data, f"{vl_task}_{out_split}.tsv")
+    atomic_write_text(out, "".join(lines))
+    return out, outputs
+
+
+def cli_main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("data")
+    p.add_argument("--path", required=True, help="AR teacher checkpoint (narvl_ar)")
+    p.add_argument("--vl-task", required=True, choices=["caption", "vqa"])
+    p.add_argument("--split", default="train")
+    p.add_argument("--out-split", default="train_distill")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    a, extra = p.parse_known_args(argv)
+    out, outs = distill_vl(a.data, a.path, a.vl_task, a.split, a.out_split, a.batch_size,
+                           [x for x in extra if x != "--"], a.device)
+    print(f"wrote {out}: {len(outs)} distilled targets")
+
+
+if __name__ == "__main__":
+    cli_main()

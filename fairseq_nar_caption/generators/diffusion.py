@@ -1,0 +1,134 @@
+"""RDT decoding: the reverse process of Eq. 3-7 / Algorithm 1.  ``--generator diffusion``
+with the ``rdt_captioning`` task's ``--diffusion-steps`` T, ``--time-difference`` Δ,
+``--diffusion-noise`` and ``--diffusion-seed``.
+
+Per batch:
+
+1. the encoder (Ranking Visual Encoder) and the retrieved-sentence embedding run once
+   (``model.forward_encoder``);
+2. x_T ~ N(0, I) over the L word slots, drawn per item from ``seed + sample id`` so an
+   item's caption does not depend on its batch (batch-1 = batched);
+3. for t = T … 1: t' = t/T, s' = max(t − 1 − Δ, 0)/T;
+   x̂0 = f(x_t, γ(t'), G) with the previous x̂0 as self-condition (zeros at the first
+   step), clamped to ±scale (a no-op for the softmax × code book prediction);
+   α_s, α_t = sqrt(σ(−γ(s'))), sqrt(σ(−γ(t'))) (Eq. 3); μ_s = sqrt(σ(γ(s'))),
+   c = −expm1(γ(s') − γ(t')) (Eq. 4); u = α_s·(x_t(1 − c)/α_t + c·x̂0) (Eq. 5);
+   x_{t−1} = u, plus μ_s·sqrt(c)·ε (Eq. 6-7) only with ``--diffusion-noise``;
+4. the words are the nearest valid word codes of x_0 (``bits_to_ids``, never a non-word
+   symbol), cut at the first </s> (which is kept; one is appended if none);
+   positional scores are the last pass's log-probabilities of the chosen words.
+
+Cascade (``--path first.pt:second.pt``): the first model decodes with
+``--cascade-steps``/``--cascade-time-difference``, the second (``--cascaded``) model then
+decodes with T, Δ conditioned on the first model's caption bits (SCD-Net's cascaded
+inference).
+"""
+from typing import Dict, List, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from . import register_generator
+from ..models.modules.bits import bits_to_ids
+from ..models.rdt import alpha_sigma
+
+
+def reverse_step(model, x_t: Tensor, t: float, s: float, x0_hat: Tensor, noise: Optional[Tensor] = None) -> Tensor:
+    """One step of Eq. 3-7 from time t' = t to s' = s given the prediction x̂0."""
+    g_t = model.gamma(torch.tensor(t, dtype=torch.float32, device=x_t.device))
+    g_s = model.gamma(torch.tensor(s, dtype=torch.float32, device=x_t.device))
+    alpha_t, _ = alpha_sigma(g_t)  # Eq. 3
+    alpha_s, mu_s = alpha_sigma(g_s)  # Eq. 3-4
+    c = -torch.expm1(g_s - g_t)  # Eq. 4
+    u = alpha_s * (x_t * (1 - c) / alpha_t + c * x0_hat)  # Eq. 5
+    if noise is None:
+        return u
+    return u + (mu_s ** 2 * c).sqrt() * noise  # Eq. 6-7
+
+
+def item_normal(ids: Tensor, shape, seed: int, device) -> Tensor:
+    """One N(0, I) draw of ``shape`` per item, from its own generator (seed + id)."""
+    out = [torch.randn(shape, generator=torch.Generator().manual_seed(seed + int(i))) for i in ids.tolist()]
+    return torch.stack(out).to(device)
+
+
+@register_generator("diffusion")
+class DiffusionGenerator:
+    def __init__(self, task, models, args):
+        for m in models:
+            if not hasattr(m, "denoise"):
+                raise ValueError(f"--generator diffusion needs RDT models (--arch rdt*), got {type(m).__name__}")
+        if len(models) not in (1, 2):
+            raise ValueError(f"--generator diffusion decodes one model or a cascade of two, got {len(models)}")
+        if len(models) == 2 and not models[1].cfg.cascaded:
+            raise ValueError("a cascade (--path first.pt:second.pt) needs a second model trained with --cascaded")
+        if models[0].cfg.cascaded:
+            raise ValueError("the first (or only) model is a cascaded second-stage model: give its first stage "
+                             "first (--path first.pt:second.pt)")
+        cfg = task.cfg
+        self.models = models
+        self.steps, self.delta = cfg.diffusion_steps, cfg.time_difference
+        self.first_steps = cfg.cascade_steps or cfg.diffusion_steps
+        self.first_delta = cfg.cascade_time_difference
+        if self.steps < 1 or self.first_steps < 1 or self.delta < 0 or self.first_delta < 0:
+            raise ValueError(f"need T >= 1 and Δ >= 0, got --diffusion-steps {self.steps} --time-difference "
+                             f"{self.delta} --cascade-steps {cfg.cascade_steps} --cascade-time-difference "
+                             f"{self.first_delta}")
+        self.sample_noise, self.seed = cfg.diffusion_noise, cfg.diffusion_seed
+        d = task.target_dictionary
+        self.eos = d.eos()
+        self.symbols_to_strip_from_output = {self.eos}
+
+    def sample(self, model, encoder_out, ids: Tensor, steps: int, delta: float,
+               cascade_bits: Optional[Tensor] = None):
+        """Algorithm 1 for one model: returns (final x_0, last logits)."""
+        bsz = ids.numel()
+        shape = (model.seq_len, model.n_bits)
+        device = encoder_out["encoder_out"][0].device
+        x = item_normal(ids, shape, self.seed, device)  # x_T
+        x0_hat, logits = None, None
+        scale = model.bit_scale
+        for k in range(steps, 0, -1):
+            t, s = k / steps, max(k - 1 - delta, 0) / steps  # t' and s' (Algorithm 1, line 3)
+            gamma = model.gamma(torch.full((bsz,), t, device=device))
+            logits, x0_hat = model.denoise(x, gamma, encoder_out, x0_hat, cascade_bits)
+            x0_hat = x0_hat.clamp(-scale, scale)
+            noise = item_normal(ids * 1009 + k, shape, self.seed + 1, device) if self.sample_noise and s > 0 else None
+            x = reverse_step(model, x, t, s, x0_hat, noise)
+        return x, logits
+
+    def to_hypotheses(self, model, x0: Tensor, logits: Tensor) -> List[List[Dict[str, Tensor]]]:
+        words = bits_to_ids(x0, model.book, model.word_mask)
+        lprobs = F.log_softmax(logits.float(), dim=-1).gather(-1, words.unsqueeze(-1)).squeeze(-1)
+        out = []
+        for row, lp in zip(words, lprobs):
+            ends = row.eq(self.eos).nonzero()
+            if len(ends):
+                n = int(ends[0]) + 1
+                tokens, scores = row[:n], lp[:n]
+            else:  # no </s> in L slots: the caption is all L words, then </s>
+                tokens = torch.cat([row, row.new_full((1,), self.eos)])
+                scores = torch.cat([lp, lp.new_zeros(1)])
+            out.append([{"tokens": tokens, "score": float(scores.mean()), "positional_scores": scores,
+                         "alignment": None}])
+        return out
+
+    @torch.no_grad()
+    def generate(self, models, sample, **unused) -> List[List[Dict[str, Tensor]]]:
+        ids = sample["id"]
+        first = self.models[0]
+        encoder_out = first.forward_encoder(sample["net_input"])
+        steps = self.first_steps if len(self.models) == 2 else self.steps
+        delta = self.first_delta if len(self.models) == 2 else self.delta
+        x0, logits = self.sample(first, encoder_out, ids, steps, delta)
+        if len(self.models) == 1:
+            return self.to_hypotheses(first, x0, logits)
+        second = self.models[1]
+        # the first model's caption, cut at its first </s> and refilled with </s>, as bits
+        words = bits_to_ids(x0, first.book, first.word_mask)
+        words = words.masked_fill(first.sentence_mask(words).logical_not(), first.eos)
+        cascade_bits = second.to_bits(second.fixed_length(words[:, : second.seq_len]))
+        encoder_out = second.forward_encoder(sample["net_input"])
+        x0, logits = self.sample(second, encoder_out, ids, self.steps, self.delta, cascade_bits)
+        return self.to_hypotheses(second, x0, logits)

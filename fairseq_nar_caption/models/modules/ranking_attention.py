@@ -1,0 +1,122 @@
+"""Multi-head ranking attention (MHRA) and the Ranking Visual Encoder layer (RDT, Wan
+et al., Section III-C, Eq. 8-12 and 15-23).
+
+Per head, with A = Q Kᵀ/√d (Eq. 15-16, the grid-to-grid affinity; padded keys −∞):
+
+- R = topK(A) with K = N: for EVERY query its own ranking of the keys (Eq. 16);
+- forward set R_F = R[:, :⌊λ_F·N⌋] (Eq. 17), inverse set R_E = R[:, ⌊(1−λ_E)·N⌋:] (Eq. 20);
+- K_F, V_F = gather(K, R_F), gather(V, R_F) (Eq. 18, 21): the scores Q·K_Fᵀ are exactly
+  A gathered at R_F (``torch.gather``), so they are gathered rather than recomputed;
+  the softmax weights over the gathered keys are scattered back onto the N keys and
+  multiplied with V, which is the same sum Σ_j w_j·V_F[j] as Eq. 19 / 22 without
+  materialising a per-query copy of V (N x λN x d per head);
+- O_F, O_E: separate softmax attention (Eq. 19, 22); heads concatenated (Eq. 10-11);
+- MHRA = MLP(Concat(O_F, O_E)) (Eq. 23): here one linear layer, 2C → C (C → C when
+  the inverse set is empty), i.e. W^O of Eq. 10 over both branches.
+
+λ_F = 1, λ_E = 0 keeps every key and no inverse set: MHRA is then ordinary multi-head
+attention (same projections, softmax, W^O), which the tests check against PyTorch's.
+
+The public reference (ANCHORS.md §2) ranks the keys of query position 0 only and
+shares that ranking with every query, with hard-coded ratios and a 0.2 weight on the
+inverse branch; this module implements the paper's per-query ranking with configurable
+λ_F, λ_E instead (the reference's variant is not offered).
+
+``RankingEncoderLayer`` is one RVE (Eq. 8-9, post-LayerNorm as written):
+G' = FFN(LN(G + MHRA(G, G, G))), FFN(Z) = LN(Z + FC(δ(FC(Z)))).
+"""
+import math
+from typing import Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def ranked_set_sizes(n: int, lambda_f: float, lambda_e: float):
+    """(number of forward keys ⌊λ_F·N⌋ (at least 1), first rank of the inverse set
+    ⌊(1−λ_E)·N⌋); a small tolerance keeps e.g. 0.75·64 = 48 exact."""
+    n_f = max(1, min(n, int(math.floor(lambda_f * n + 1e-6))))
+    start_e = max(0, min(n, int(math.floor((1 - lambda_e) * n + 1e-6))))
+    return n_f, start_e
+
+
+def ranked_attention(scores: Tensor, v: Tensor, route: Tensor, dropout_p: float = 0.0,
+                     training: bool = False) -> Tensor:
+    """Attention of every query over its own gathered keys (Eq. 18-19 / 21-22).
+
+    scores: ... x Nq x Nk (A, scaled; −∞ at padded keys); v: ... x Nk x d;
+    route: ... x Nq x k key indices per query.  A query whose gathered keys are all
+    padding gets zeros."""
+    picked = scores.gather(-1, route)  # = Q·K_Fᵀ with K_F = gather(K, R)
+    weights = torch.softmax(picked, dim=-1)
+    weights = weights.masked_fill(torch.isinf(picked).all(-1, keepdim=True), 0.0)
+    weights = F.dropout(weights, p=dropout_p, training=training)
+    dense = torch.zeros_like(scores).scatter(-1, route, weights)  # Σ_j w_j V[R[j]] = dense · V
+    return dense @ v
+
+
+class MultiheadRankingAttention(nn.Module):
+    def __init__(self, embed_dim: int, num_heads: int, lambda_f: float = 0.75, lambda_e: float = 0.55,
+                 dropout: float = 0.0):
+        super().__init__()
+        if embed_dim % num_heads:
+            raise ValueError(f"embed_dim {embed_dim} is not divisible by {num_heads} heads")
+        if not 0 < lambda_f <= 1 or not 0 <= lambda_e <= 1:
+            raise ValueError(f"need 0 < λ_F <= 1 and 0 <= λ_E <= 1, got λ_F={lambda_f}, λ_E={lambda_e}")
+        self.embed_dim, self.num_heads, self.head_dim = embed_dim, num_heads, embed_dim // num_heads
+        self.lambda_f, self.lambda_e, self.dropout = lambda_f, lambda_e, dropout
+        self.q_proj = nn.Linear(embed_dim, embed_dim)  # W^q, W^k, W^v (Eq. 15)
+        self.k_proj = nn.Linear(embed_dim, embed_dim)
+        self.v_proj = nn.Linear(embed_dim, embed_dim)
+        self.has_inverse = lambda_e > 0
+        # Eq. 23: MLP(Concat(O_F, O_E)); without an inverse set this is W^O of Eq. 10
+        self.out_proj = nn.Linear(embed_dim * (2 if self.has_inverse else 1), embed_dim)
+
+    def _heads(self, x: Tensor) -> Tensor:  # B x N x C → B x H x N x d
+        b, n, _ = x.shape
+        return x.view(b, n, self.num_heads, self.head_dim).transpose(1, 2)
+
+    def routes(self, scores: Tensor):
+        """Per-query rankings (Eq. 16) and the forward / inverse routes (Eq. 17, 20)."""
+        n = scores.size(-1)
+        n_f, start_e = ranked_set_sizes(n, self.lambda_f, self.lambda_e)
+        ranking = scores.detach().topk(n, dim=-1, sorted=True).indices  # descending relevance
+        return ranking[..., :n_f], (ranking[..., start_e:] if self.has_inverse and start_e < n else None)
+
+    def forward(self, x: Tensor, key_padding_mask: Optional[Tensor] = None) -> Tensor:
+        """x: B x N x C (batch first); key_padding_mask: B x N, True = pad."""
+        b, n, c = x.shape
+        q = self._heads(self.q_proj(x)) * self.head_dim ** -0.5
+        k, v = self._heads(self.k_proj(x)), self._heads(self.v_proj(x))
+        scores = q @ k.transpose(-1, -2)  # A (Eq. 16), scaled as in Eq. 19
+        if key_padding_mask is not None:
+            scores = scores.masked_fill(key_padding_mask[:, None, None, :], -math.inf)  # padded keys rank last
+        route_f, route_e = self.routes(scores)
+        p = self.dropout if self.training else 0.0
+        outs = [ranked_attention(scores, v, route_f, p, self.training)]  # O_F (Eq. 19)
+        if self.has_inverse:
+            if route_e is None:  # ⌊(1−λ_E)N⌋ = N: an empty inverse set contributes zeros
+                outs.append(torch.zeros_like(outs[0]))
+            else:
+                outs.append(ranked_attention(scores, v, route_e, p, self.training))  # O_E (Eq. 22)
+        merged = torch.cat([o.transpose(1, 2).reshape(b, n, c) for o in outs], dim=-1)  # heads, then branches
+        return self.out_proj(merged)  # Eq. 10 / 23
+
+
+class RankingEncoderLayer(nn.Module):
+    """One Ranking Visual Encoder (Eq. 8-9)."""
+
+    def __init__(self, embed_dim: int, num_heads: int, ffn_dim: int, lambda_f: float, lambda_e: float,
+                 dropout: float = 0.1, attention_dropout: float = 0.1):
+        super().__init__()
+        self.attn = MultiheadRankingAttention(embed_dim, num_heads, lambda_f, lambda_e, attention_dropout)
+        self.attn_norm = nn.LayerNorm(embed_dim)
+        self.fc1, self.fc2 = nn.Linear(embed_dim, ffn_dim), nn.Linear(ffn_dim, embed_dim)
+        self.ffn_norm = nn.LayerNorm(embed_dim)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor, key_padding_mask: Optional[Tensor] = None) -> Tensor:
+        z = self.attn_norm(x + self.dropout(self.attn(x, key_padding_mask)))  # LN(G + MHRA(G, G, G)), Eq. 8
+        return self.ffn_norm(z + self.dropout(self.fc2(self.dropout(F.relu(self.fc1(z))))))  # Eq. 9

@@ -1,0 +1,303 @@
+"""RDT (Wan et al.) pieces, hand-worked: analog bits, the forward process (Eq. 1), one
+reverse step and the whole sampler (Eq. 3-7, Algorithm 1) on a stub, ranking attention
+(Eq. 15-23), the ranking loss and its masks (Eq. 24-28), guided SCST's CIDEr-D, and the
+retrieval step (no leakage, top-1 at test, sampling among the top-k in training)."""
+import json
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from fairseq_nar_caption.cli import retrieve
+from fairseq_nar_caption.criterions.rdt_loss import ranking_loss, sentence_quality
+from fairseq_nar_caption.criterions.rdt_scst import CorpusCiderD
+from fairseq_nar_caption.data.manifest import DataError
+from fairseq_nar_caption.generators.diffusion import DiffusionGenerator, item_normal, reverse_step
+from fairseq_nar_caption.models.modules.bits import (bits_to_ids, codebook, ids_to_bits, num_bits, predict_x0,
+                                                     threshold_ids)
+from fairseq_nar_caption.models.modules.ranking_attention import (MultiheadRankingAttention, ranked_attention,
+                                                                  ranked_set_sizes)
+from fairseq_nar_caption.models.rdt import alpha_sigma, forward_noise, log_snr_gamma
+
+
+# ----------------------------------------------------------------------------- bits
+
+@pytest.mark.parametrize("vocab", [1, 2, 5, 96, 128, 10200])
+def test_bits_round_trip_for_every_word_id(vocab):
+    n = num_bits(vocab)
+    assert n == max(1, math.ceil(math.log2(vocab)))
+    ids = torch.arange(vocab)
+    bits = ids_to_bits(ids, n, scale=0.7)
+    assert bits.shape == (vocab, n) and bits.abs().allclose(torch.tensor(0.7))
+    book = codebook(vocab, n, 0.7)
+    assert torch.equal(bits_to_ids(bits, book), ids)
+    ints, valid = threshold_ids(bits, vocab)
+    assert torch.equal(ints, ids) and valid.all()
+
+
+def test_bits_are_msb_first_and_invalid_codes_go_to_the_nearest_valid_word():
+    assert ids_to_bits(torch.tensor([6]), 3).tolist() == [[1.0, 1.0, -1.0]]
+    book = codebook(5, 3)  # words 0..4; codes 5, 6, 7 name no word
+    bits = torch.tensor([[0.5, 0.9, 0.8]])  # thresholds to 7 (invalid): a clamp would say 4
+    ints, valid = threshold_ids(bits, 5)
+    assert ints.tolist() == [7] and not valid.any()
+    # inner products: 3 (-++) = 1.2 is the largest among valid codes
+    assert bits_to_ids(bits, book).tolist() == [3]
+    allowed = torch.tensor([True, True, True, False, True])  # 3 not allowed → 2 (-+-) = -0.4
+    assert bits_to_ids(bits, book, allowed).tolist() == [2]
+
+
+def test_x0_prediction_is_a_convex_combination_of_word_codes():
+    book = codebook(5, 3)
+    logits = torch.tensor([[[0.0, 50.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0, 0.0]]])
+    x0 = predict_x0(logits, book)
+    assert torch.allclose(x0[0, 0], book[1], atol=1e-6)
+    assert torch.allclose(x0[0, 1], book.mean(0), atol=1e-6)
+
+
+# ----------------------------------------------------------------------------- forward process (Eq. 1)
+
+def cosine_gamma_by_hand(t):
+    c = math.cos((t + 0.008) / 1.008 * math.pi / 2)
+    return math.log(c ** -2 - 1)
+
+
+def test_noise_schedules_by_hand_and_variance_preserving():
+    for t in (0.0, 0.1, 0.5, 0.9, 0.999):
+        assert float(log_snr_gamma(torch.tensor(t, dtype=torch.float64))) == pytest.approx(cosine_gamma_by_hand(t),
+                                                                                             rel=1e-6, abs=1e-6)
+        lin = math.log(math.expm1(1e-4 + 10 * t * t))
+        assert float(log_snr_gamma(torch.tensor(t, dtype=torch.float64), "linear")) == pytest.approx(lin, rel=1e-6)
+    t = torch.linspace(0, 0.999, 50)
+    for schedule in ("cosine", "linear"):
+        g = log_snr_gamma(t, schedule)
+        assert (g[1:] > g[:-1]).all()  # γ increases: more noise later
+        a, s = alpha_sigma(g)
+        assert torch.allclose(a ** 2 + s ** 2, torch.ones_like(a), atol=1e-6)
+
+
+def test_forward_noising_matches_eq1_in_distribution():
+    torch.manual_seed(0)
+    n = 40000
+    x0 = ids_to_bits(torch.tensor([5, 2]), 3).view(1, 2, 3).expand(n, 2, 3)
+    for t in (0.05, 0.3, 0.7, 0.95):
+        x_t, gamma = forward_noise(x0, torch.full((n,), t), "cosine")
+        g = cosine_gamma_by_hand(t)
+        alpha, sigma = math.sqrt(1 / (1 + math.exp(g))), math.sqrt(1 / (1 + math.exp(-g)))  # sqrt σ(−γ), sqrt σ(γ)
+        assert float(gamma[0]) == pytest.approx(g, rel=1e-5)
+        mean, std = x_t.mean(0), x_t.std(0)
+        assert torch.allclose(mean, alpha * x0[0], atol=5 * sigma / math.sqrt(n))
+        assert torch.allclose(std, torch.full_like(std, sigma), rtol=0.03)
+        # standardised residuals are N(0, 1): about 68.3% within one sigma
+        z = (x_t - alpha * x0) / sigma
+        assert float((z.abs() < 1).float().mean()) == pytest.approx(0.6827, abs=0.01)
+
+
+# ----------------------------------------------------------------------------- reverse process (Eq. 3-7)
+
+def test_one_reverse_step_equals_eq3_to_7_by_hand():
+    x_t = torch.tensor([[[0.3, -1.2], [0.8, 0.1]]])
+    x0_hat = torch.tensor([[[1.0, -1.0], [0.2, 0.6]]])
+    model = SimpleNamespace(gamma=lambda t: log_snr_gamma(t, "cosine"))
+    t, s = 0.6, 0.4
+    g_t, g_s = cosine_gamma_by_hand(t), cosine_gamma_by_hand(s)
+    alpha_t = math.sqrt(1 / (1 + math.exp(g_t)))
+    alpha_s = math.sqrt(1 / (1 + math.exp(g_s)))
+    mu_s = math.sqrt(1 / (1 + math.exp(-g_s)))
+    c = -math.expm1(g_s - g_t)
+    expected = alpha_s * (x_t * (1 - c) / alpha_t + c * x0_hat)  # Eq. 5
+    assert torch.allclose(reverse_step(model, x_t, t, s, x0_hat), expected, atol=1e-5)
+    eps = torch.tensor([[[0.5, -0.25], [1.0, 2.0]]])
+    noisy = expected + math.sqrt(mu_s ** 2 * c) * eps  # Eq. 6-7
+    assert torch.allclose(reverse_step(model, x_t, t, s, x0_hat, eps), noisy, atol=1e-5)
+
+
+class StubRDT:
+    """f(x_t, γ, G) that records its inputs and predicts a fixed caption's codes."""
+
+    def __init__(self, words, vocab=8, eos=2, seq_len=4):
+        self.seq_len, self.n_bits, self.bit_scale, self.eos = seq_len, num_bits(vocab), 1.0, eos
+        self.book = codebook(vocab, self.n_bits)
+        self.word_mask = torch.ones(vocab, dtype=torch.bool)
+        self.word_mask[1] = False  # <pad>
+        self.cfg = SimpleNamespace(cascaded=False)
+        self.words = torch.tensor(words)
+        self.calls = []
+
+    def gamma(self, t):
+        return log_snr_gamma(t, "cosine")
+
+    def forward_encoder(self, net_input):
+        return {"encoder_out": [torch.zeros(3, net_input["features"].size(0), 2)]}
+
+    def denoise(self, x_t, gamma, encoder_out, self_cond=None, cascade_bits=None):
+        self.calls.append((x_t.clone(), gamma.clone(), None if self_cond is None else self_cond.clone()))
+        logits = torch.full((x_t.size(0), self.seq_len, len(self.book)), -5.0)
+        logits.scatter_(-1, self.words.view(1, -1, 1).expand(x_t.size(0), -1, 1), 5.0)
+        return logits, predict_x0(logits, self.book)
+
+
+def test_sampler_runs_algorithm1_with_time_difference_and_cuts_at_the_first_eos():
+    stub = StubRDT([5, 6, 2, 7])
+    task = SimpleNamespace(cfg=SimpleNamespace(diffusion_steps=3, time_difference=1.0, cascade_steps=0,
+                                               cascade_time_difference=0.0, diffusion_noise=False, diffusion_seed=7),
+                           target_dictionary=SimpleNamespace(eos=lambda: 2))
+    gen = DiffusionGenerator(task, [stub], None)
+    sample = {"id": torch.tensor([4, 9]), "net_input": {"features": torch.zeros(2, 3, 2)}}
+    hyps = gen.generate([stub], sample)
+    # by hand: x_T per item from seed + id; steps t = 3/3, 2/3, 1/3 → s = max(t−1−Δ, 0)/T = 1/3, 0, 0
+    x = item_normal(sample["id"], (4, 3), 7, "cpu")
+    assert torch.equal(stub.calls[0][0], x) and stub.calls[0][2] is None  # no self-condition at the first step
+    x0_hat = predict_x0(stub.denoise(x, torch.zeros(2), None)[0], stub.book)
+    stub.calls.pop()
+    for k, (t, s) in enumerate([(1.0, 1 / 3), (2 / 3, 0.0), (1 / 3, 0.0)]):
+        assert torch.allclose(stub.calls[k][0], x, atol=1e-5)
+        assert torch.allclose(stub.calls[k][1], log_snr_gamma(torch.full((2,), t)))
+        if k:
+            assert torch.allclose(stub.calls[k][2], x0_hat)  # self-conditioning on the previous x̂0
+        g_t, g_s = cosine_gamma_by_hand(t), cosine_gamma_by_hand(s)
+        c = -math.expm1(g_s - g_t)
+        x = math.sqrt(1 / (1 + math.exp(g_s))) * (x * (1 - c) / math.sqrt(1 / (1 + math.exp(g_t))) + c * x0_hat)
+    assert len(stub.calls) == 3
+    for h in hyps:
+        assert h[0]["tokens"].tolist() == [5, 6, 2]  # cut at the first </s>, which is kept
+    # an item's caption does not depend on its batch: x_T of item 9 alone is the same draw
+    assert torch.equal(item_normal(torch.tensor([9]), (4, 3), 7, "cpu")[0], item_normal(sample["id"], (4, 3), 7,
+                                                                                         "cpu")[1])
+
+
+# ----------------------------------------------------------------------------- ranking attention (Eq. 15-23)
+
+def test_ranked_set_sizes():
+    assert ranked_set_sizes(64, 0.75, 0.55) == (48, 28)
+    assert ranked_set_sizes(49, 1.0, 0.0) == (49, 49)
+    assert ranked_set_sizes(4, 0.5, 0.5) == (2, 2)
+
+
+def test_ranking_attention_is_ordinary_attention_at_lambda_f_1_lambda_e_0():
+    torch.manual_seed(0)
+    c, h = 16, 4
+    mhra = MultiheadRankingAttention(c, h, lambda_f=1.0, lambda_e=0.0)
+    ref = torch.nn.MultiheadAttention(c, h, batch_first=True)
+    with torch.no_grad():
+        ref.in_proj_weight.copy_(torch.cat([mhra.q_proj.weight, mhra.k_proj.weight, mhra.v_proj.weight]))
+        ref.in_proj_bias.copy_(torch.cat([mhra.q_proj.bias, mhra.k_proj.bias, mhra.v_proj.bias]))
+        ref.out_proj.weight.copy_(mhra.out_proj.weight)
+        ref.out_proj.bias.copy_(mhra.out_proj.bias)
+    x = torch.randn(3, 7, c)
+    pad = torch.zeros(3, 7, dtype=torch.bool)
+    pad[1, 5:] = True
+    expected, _ = ref(x, x, x, key_padding_mask=pad, need_weights=False)
+    assert torch.allclose(mhra.eval()(x, pad), expected, atol=1e-5)
+
+
+def test_ranking_attention_selects_each_querys_own_keys_on_a_hand_made_affinity_matrix():
+    a = torch.tensor([[[[0.1, 0.9, 0.5, 0.3],     # query 0 ranks keys 1, 2, 3, 0
+                        [0.8, 0.2, 0.1, 0.7],     # query 1 ranks keys 0, 3, 1, 2
+                        [0.0, 0.4, 0.6, 0.2]]]])  # query 2 ranks keys 2, 1, 3, 0
+    mhra = MultiheadRankingAttention(4, 1, lambda_f=0.5, lambda_e=0.5)
+    route_f, route_e = mhra.routes(a)
+    assert route_f[0, 0].tolist() == [[1, 2], [0, 3], [2, 1]]  # R[:, :λ_F N] (Eq. 17), per query
+    assert route_e[0, 0].tolist() == [[3, 0], [1, 2], [3, 0]]  # R[:, (1−λ_E) N:] (Eq. 20)
+    v = torch.arange(16, dtype=torch.float32).view(1, 1, 4, 4)
+    out = ranked_attention(a, v, route_f)
+    for q, keys in enumerate([[1, 2], [0, 3], [2, 1]]):
+        w = torch.softmax(a[0, 0, q, keys], dim=0)
+        assert torch.allclose(out[0, 0, q], w[0] * v[0, 0, keys[0]] + w[1] * v[0, 0, keys[1]])
+    # the whole layer with identity projections: out_proj(concat(O_F, O_E))
+    with torch.no_grad():
+        for proj in (mhra.q_proj, mhra.k_proj, mhra.v_proj):
+            proj.weight.copy_(torch.eye(4))
+            proj.bias.zero_()
+    x = torch.tensor([[[1.0, 0.0, 0.0, 0.0], [0.0, 2.0, 0.0, 0.0], [0.5, 0.5, 1.0, 0.0], [0.0, 0.0, 0.0, 1.0]]])
+    scores = (x @ x.transpose(1, 2) / 2.0).unsqueeze(1)  # √d = 2
+    f_rows, e_rows = mhra.routes(scores)
+    o_f = ranked_attention(scores, x.unsqueeze(1), f_rows)[:, 0]
+    o_e = ranked_attention(scores, x.unsqueeze(1), e_rows)[:, 0]
+    expected = mhra.out_proj(torch.cat([o_f, o_e], dim=-1))
+    assert torch.allclose(mhra.eval()(x), expected, atol=1e-6)
+    # query 1 (x = 2·e1) attends forward to keys {1, 2} only: its top-2 affinities
+    assert sorted(f_rows[0, 0, 1].tolist()) == [1, 2]
+
+
+# ----------------------------------------------------------------------------- ranking loss (Eq. 24-28)
+
+def test_ranking_loss_and_both_masks_on_a_hand_worked_batch():
+    q_star = torch.tensor([0.2, 0.25, 0.6, 0.22])
+    q = torch.tensor([0.3, 0.1, 0.5, 0.0])
+    t = torch.tensor([0.1, 0.15, 0.2, 0.5])
+    # kept by both masks: (0,1) and (1,0), each max(0, 0.05 + 0.2) = 0.25  → 0.5 / 4²
+    assert float(ranking_loss(q, q_star, t, 0.12, 0.15)) == pytest.approx(0.5 / 16)
+    # without M_tim, (0,3) and (3,0) join: max(0, 0.02 + 0.3) = 0.32 each (M_sen still drops pairs with 2)
+    assert float(ranking_loss(q, q_star, t, 1.0, 0.15)) == pytest.approx((0.5 + 0.64) / 16)
+    # without M_sen, (0,2) and (2,0) join: max(0, 0.4 − 0.2) = 0.2 each; (1,2): 0.35 − 0.4 < 0
+    assert float(ranking_loss(q, q_star, t, 0.12, 1.0)) == pytest.approx((0.5 + 0.4) / 16)
+    # predictions in the ground truth's order and spacing: no loss
+    assert float(ranking_loss(q_star.clone(), q_star, t, 1.0, 1.0)) == pytest.approx(0.0, abs=1e-7)
+
+
+def test_sentence_quality_is_the_mean_of_the_bits_over_the_slots():
+    bits = torch.tensor([[[1.0, -1.0], [1.0, 1.0], [-1.0, -1.0]]])
+    slots = torch.tensor([[True, True, False]])
+    assert float(sentence_quality(bits, slots)[0]) == pytest.approx(0.5)
+
+
+# ----------------------------------------------------------------------------- guided SCST reward
+
+def test_corpus_cider_d_uses_the_corpus_document_frequencies():
+    corpus = [["a red ball", "a red circle"], ["a blue box", "a blue square"], ["a green ball", "one green ball"]]
+    cider = CorpusCiderD(corpus)
+    s = cider.scores(["a red ball", "a blue ball", "a red ball"], [corpus[0], corpus[0], corpus[1]])
+    assert s[0] > s[1] > 0 and s[2] < s[1]
+    # the same hypothesis scored alone gets the same value (statistics are the corpus's, not the batch's)
+    assert cider.scores(["a blue ball"], [corpus[0]])[0] == pytest.approx(s[1])
+
+
+# ----------------------------------------------------------------------------- retrieval
+
+def test_retrieval_excludes_own_captions_and_writes_top_k(tiny_data):
+    items = retrieve.retrieve(str(tiny_data), ["train", "test"], k=2)
+    own = {"1": {"a red circle", "a red ball"}, "2": {"a blue square"}, "3": {"a blue circle"}}
+    assert set(items) == {"1", "2", "3"}
+    for i, sents in items.items():
+        assert len(sents) == 2 and not own[i] & set(sents), (i, sents)  # no leakage for training items
+    retrieve.cli_main([str(tiny_data), "--splits", "train,test", "--k", "2", "--out", str(tiny_data / "r.json")])
+    data = json.loads((tiny_data / "r.json").read_text())
+    assert data["k"] == 2 and data["items"] == items
+
+
+def test_retrieval_dataset_top1_at_test_and_topk_sampling_in_training(tiny_data):
+    from fairseq_nar_caption.tasks.rdt_captioning import RDTCaptioningConfig, RDTCaptioningTask
+    (tiny_data / "r.json").write_text(json.dumps({"k": 3, "items": {
+        "1": ["a blue square", "a blue circle", "a red ball"], "2": ["a red circle", "a blue circle", "a red ball"],
+        "3": ["a red ball", "a blue square", "a red circle"]}}))
+    task = RDTCaptioningTask.setup_task(RDTCaptioningConfig(data=str(tiny_data), retrieval_file="r.json",
+                                                            retrieval_topk=2, seed=1))
+    d = task.target_dictionary
+    task.load_dataset("test")
+    batch = task.dataset("test").collater([task.dataset("test")[i] for i in range(2)])
+    got = [d.string(r[r.ne(d.pad())]) for r in batch["net_input"]["retrieved_tokens"]]
+    assert got == ["a red ball", "a red circle"]  # items 3, 2: their top-1
+    ranked = RDTCaptioningTask.setup_task(RDTCaptioningConfig(data=str(tiny_data), retrieval_file="r.json",
+                                                              retrieval_test_rank=1))
+    ranked.load_dataset("test")
+    assert [d.string(ranked.dataset("test")[i]["retrieved"]) for i in range(2)] == ["a blue square", "a blue circle"]
+    task.load_dataset("train")
+    ds = task.dataset("train")
+    seen = set()
+    for epoch in range(1, 30):
+        ds.set_epoch(epoch)
+        seen.add(d.string(ds[0]["retrieved"]))  # row 0: item 1
+    assert seen == {"a blue square", "a blue circle"}  # uniformly among the top-2 only
+
+
+def test_missing_retrieval_item_is_one_clear_error(tiny_data):
+    from fairseq_nar_caption.tasks.rdt_captioning import RDTCaptioningConfig, RDTCaptioningTask
+    (tiny_data / "r.json").write_text(json.dumps({"items": {"1": ["a red ball"], "2": ["a red ball"]}}))
+    task = RDTCaptioningTask.setup_task(RDTCaptioningConfig(data=str(tiny_data), retrieval_file="r.json"))
+    with pytest.raises(DataError, match=r"r\.json.*1 item\(s\).*'3'"):
+        task.load_dataset("test")
+    (tiny_data / "bad.json").write_text(json.dumps({"items": {"1": []}}))
+    with pytest.raises(DataError, match=r"bad\.json: item 1"):
+        RDTCaptioningTask.setup_task(RDTCaptioningConfig(data=str(tiny_data), retrieval_file="bad.json"))
