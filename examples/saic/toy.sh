@@ -8,7 +8,7 @@
 #   5. batch-1 latency and throughput (nar-caption-benchmark), speed-ups relative to AR beam 5.
 # ABLATIONS=1 also trains the rows of Tables 5-7 (raw / sequence distillation, k = 2, 3,
 # no curriculum, no RPR, no AR initialisation) and scores them with (1,1).
-# Outputs land in $RUN (default runs/saic_toy); each training is skipped when its checkpoint exists.
+# Outputs land in $RUN (default runs/saic_toy); each training is skipped when it finished (examples/lib.sh).
 #   bash examples/saic/toy.sh            (data: data/toy/images, made by nar-caption-toy-data if missing)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -19,13 +19,7 @@ BSZ=64
 TRAIN="--task captioning --dropout 0.1 --attention-dropout 0.1 --batch-size $BSZ --num-workers 0 --valid-subset val \
   --no-epoch-checkpoints --best-checkpoint-metric loss --cpu --no-progress-bar --log-interval 100 --seed 1"
 
-train() {  # train NAME ARGS...
-  local name=$1; shift
-  [ -f "$RUN/$name/checkpoint_best.pt" ] && return 0
-  echo "== train $name"
-  fairseq-train "$DATA" --user-dir "$U" $TRAIN --save-dir "$RUN/$name" "$@" > "$RUN/$name.log" 2>&1
-  grep -E "done training" "$RUN/$name.log"
-}
+source examples/lib.sh  # train NAME ARGS...
 [ -f "$DATA/dict.txt" ] || python -m fairseq_nar_caption.cli.make_toy_data --out "$(dirname "$DATA")" > /dev/null
 
 # 1. AIC: the AR baseline recipe (examples/ar_baseline/train_toy.sh), d 256, 2 + 2 layers
