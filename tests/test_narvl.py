@@ -396,3 +396,58 @@ def test_grounding_decodes_exactly_four_coordinates_when_ctc_merges_equal_bins(v
     assert hyp["tokens"].tolist() == [bins[5], bins[5], bins[9], bins[2], d.eos()]
     text = task.post_process_hypothesis(d.string(hyp["tokens"], extra_symbols_to_ignore={d.eos()}))
     assert text == "<bin_5><bin_5><bin_9><bin_2>"
+
+
+# ----------------------------------------------------------------------------- grounding and entailment
+QUERIES = {"grounding": 7, "entailment": 2}  # grounding: 4 bins + up to 3 blanks between equal neighbours
+
+
+def centre_box_mean_iou(data, split_rows, width=96, height=96):
+    """The trivial grounding baseline: a box of the mean training size at the image centre."""
+    from fairseq_nar_caption.data.boxes import iou
+    from fairseq_nar_caption.data.ofa_tsv import read_ofa_tsv
+
+    boxes = [[float(v) for v in r["box"].split(",")] for r in read_ofa_tsv(str(data / "grounding_train.tsv"),
+                                                                            "grounding")]
+    w = sum(b[2] - b[0] for b in boxes) / len(boxes)
+    h = sum(b[3] - b[1] for b in boxes) / len(boxes)
+    centre = [width / 2 - w / 2, height / 2 - h / 2, width / 2 + w / 2, height / 2 + h / 2]
+    gold = [[float(v) for v in r["box"].split(",")] for r in split_rows]
+    return sum(iou(centre, g) for g in gold) / len(gold)
+
+
+@pytest.mark.parametrize("vl_task", ["grounding", "entailment"])
+def test_tiny_narvl_beats_trivial_baselines_on_grounding_and_entailment(vl_data, vl_task, tmp_path):
+    """Trained with fairseq-train (Query-CTC), decoded with fairseq-generate (ctc), scored with score_vl."""
+    from fairseq_nar_caption.cli.score_vl import score_vl
+    from fairseq_nar_caption.data.ofa_tsv import read_ofa_tsv
+
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    args = ["--task", "vision_language", "--vl-task", vl_task, "--image-dir", "../toy/images/pixels",
+            "--patch-image-size", "96", "--num-bins", str(BINS), "--cpu"]
+    subprocess.run([os.path.join(BIN, "fairseq-train"), str(vl_data), "--user-dir", USER_DIR, *args,
+                    "--arch", "narvl_tiny", "--num-queries", str(QUERIES[vl_task]), "--criterion", "query_ctc",
+                    "--optimizer", "adam", "--lr", "2e-3", "--batch-size", "32", "--max-update", "200",
+                    "--save-dir", str(tmp_path), "--num-workers", "0", "--disable-validation",
+                    "--no-epoch-checkpoints", "--no-progress-bar", "--seed", "1"], check=True, env=env,
+                   capture_output=True)
+    gen = tmp_path / "gen.txt"
+    with open(gen, "w") as f:
+        subprocess.run([os.path.join(BIN, "fairseq-generate"), str(vl_data), "--user-dir", USER_DIR, *args,
+                        "--path", str(tmp_path / "checkpoint_last.pt"), "--gen-subset", "test", "--generator",
+                        "ctc", "--batch-size", "32", "--post-process", "sentencepiece"],
+                       check=True, env=env, stdout=f, stderr=subprocess.DEVNULL)
+    tsv = str(vl_data / f"{vl_task}_test.tsv")
+    result = score_vl(vl_task, tsv, str(gen), image_dir=str(vl_data / "../toy/images/pixels"), num_bins=BINS)
+    rows = read_ofa_tsv(tsv, vl_task)
+    if vl_task == "grounding":  # mean IoU: Acc@0.5 counts only a few hits on 60 small test images
+        assert result["malformed"] == 0  # always exactly four coordinates
+        score, base = result["scores"]["mean_iou"], centre_box_mean_iou(vl_data, rows)
+        margin = 0.5 * base  # at least 1.5x the centre box's mean IoU
+    else:
+        train = [r["label"] for r in read_ofa_tsv(str(vl_data / "entailment_train.tsv"), "entailment")]
+        majority = max(set(train), key=train.count)
+        score, base = result["scores"]["accuracy"], sum(r["label"] == majority for r in rows) / len(rows)
+        margin = 0.05
+    print(f"toy {vl_task}: {score:.3f} vs trivial baseline {base:.3f}")
+    assert score > base + margin, (score, base)
