@@ -35,6 +35,19 @@ def write_tsv(path, rows, header=("item_id", "caption")):
             f.write("\t".join(r) + "\n")
 
 
+def decode_batched_and_single(data, generate_args, max_items=None, batch_size=40):
+    """A checkpoint's test split decoded at ``batch_size`` and one item at a time (the first
+    ``max_items``), as {item id: caption} each, through the one decode loop (inference.py)."""
+    from fairseq_nar_caption import inference
+
+    loaded = inference.load(str(data), generate_args)
+    loaded.task.load_dataset("test")
+    ds = loaded.task.dataset("test")
+    batched = inference.decode_dataset(loaded, ds, batch_size=batch_size)
+    single = inference.decode_dataset(loaded, ds, batch_size=1, max_items=max_items)
+    return loaded, batched, single
+
+
 @pytest.fixture(autouse=True, scope="module")
 def one_thread():
     """Small tensors on 2 shared cores: a second torch thread only contends (up to 10x slower).

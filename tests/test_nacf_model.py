@@ -8,7 +8,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from conftest import BIN, USER_DIR, make_dictionary
+from conftest import BIN, USER_DIR, decode_batched_and_single, make_dictionary
 from fairseq_nar_caption import inference
 from fairseq_nar_caption.cli import score
 from fairseq_nar_caption.criterions.nacf_loss import NACFLoss, nar_targets, random_mask
@@ -130,10 +130,6 @@ def test_teacher_rescoring_and_batch_invariance_on_the_trained_model(trained):
     data, arb, ckpt = trained
     args = ["--path", str(ckpt), "--generator", "ct-mp", "--feature-files", "appearance.h5,motion.h5", "--cpu",
             "--length-beam", "3", "--nar-iterations", "2", "--teacher-path", str(arb)]
-    loaded = inference.load(str(data), args)
+    loaded, batched, single = decode_batched_and_single(data, args)
     assert loaded.generator.teacher is not None
-    loaded.task.load_dataset("test")
-    ds = loaded.task.dataset("test")
-    batched = inference.decode_dataset(loaded, ds, batch_size=40)
-    single = inference.decode_dataset(loaded, ds, batch_size=1)
     assert batched == single

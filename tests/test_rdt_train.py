@@ -8,8 +8,7 @@ import subprocess
 import pytest
 import torch
 
-from conftest import BIN, USER_DIR
-from fairseq_nar_caption import inference
+from conftest import BIN, USER_DIR, decode_batched_and_single
 from fairseq_nar_caption.cli import distill, retrieve
 from fairseq_nar_caption.data.manifest import read_manifest
 from fairseq_nar_caption.data.toy import ToyConfig, generate
@@ -76,12 +75,9 @@ def test_tiny_rdt_beats_the_most_frequent_caption_through_fairseq_generate(train
 
 def test_trained_rdt_batch1_equals_batched_in_deterministic_mode(trained):
     data, retrieval, ckpt = trained
-    loaded = inference.load(str(data), ["--task", "rdt_captioning", "--retrieval-file", str(retrieval),
-                                        "--path", str(ckpt), "--diffusion-steps", "5", "--cpu"])
-    loaded.task.load_dataset("test")
-    ds = loaded.task.dataset("test")
-    batched = inference.decode_dataset(loaded, ds, batch_size=40)
-    single = inference.decode_dataset(loaded, ds, batch_size=1, max_items=10)
+    _, batched, single = decode_batched_and_single(
+        data, ["--task", "rdt_captioning", "--retrieval-file", str(retrieval), "--path", str(ckpt),
+               "--diffusion-steps", "5", "--cpu"], max_items=10)
     assert single == {i: batched[i] for i in single}
     assert len(set(batched.values())) > 5  # captions depend on the image
 

@@ -17,8 +17,7 @@ from fairseq.models import FairseqIncrementalDecoder
 from fairseq.sequence_generator import SequenceGenerator
 from omegaconf import OmegaConf
 
-from conftest import BIN, REPO, USER_DIR, make_dictionary, write_tsv
-from fairseq_nar_caption import inference
+from conftest import BIN, REPO, USER_DIR, decode_batched_and_single, make_dictionary, write_tsv
 from fairseq_nar_caption.cli import distill
 from fairseq_nar_caption.criterions.group_mask import (GroupMaskCriterion, group_proportion, hybrid_targets,
                                                        split_batch)
@@ -590,11 +589,8 @@ def test_tiny_saic_beats_the_most_frequent_caption_through_fairseq_generate(trai
 
 def test_trained_saic_batch1_equals_batched(trained):
     data, _, saic = trained
-    loaded = inference.load(str(data), ["--path", str(saic), "--generator", "outline-fill", "--outline-beam", "3",
-                                        "--fill-beam", "2", "--cpu"])
-    loaded.task.load_dataset("test")
-    ds = loaded.task.dataset("test")
-    batched = inference.decode_dataset(loaded, ds, batch_size=40)
-    single = inference.decode_dataset(loaded, ds, batch_size=1, max_items=12)
+    _, batched, single = decode_batched_and_single(
+        data, ["--path", str(saic), "--generator", "outline-fill", "--outline-beam", "3", "--fill-beam", "2",
+               "--cpu"], max_items=12)
     assert single == {i: batched[i] for i in single}
     assert len(set(batched.values())) > 5  # captions depend on the image

@@ -190,3 +190,12 @@ class CaptionDataset(SourceTargetSizes, FairseqDataset):
     @property
     def supports_prefetch(self):
         return False
+
+
+def base_caption_dataset(dataset) -> Optional[CaptionDataset]:
+    """The CaptionDataset inside wrapper datasets (``.dataset`` chains), or None."""
+    while not isinstance(dataset, CaptionDataset):
+        if not hasattr(dataset, "dataset"):
+            return None
+        dataset = dataset.dataset
+    return dataset

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from fairseq.data import BaseWrapperDataset, data_utils
 
-from .caption_dataset import CaptionDataset, encode_caption
+from .caption_dataset import base_caption_dataset, encode_caption
 from .manifest import DataError, read_manifest
 
 
@@ -65,12 +65,12 @@ def load_cascade_manifests(paths: List[str]) -> Dict[str, str]:
     return out
 
 
-def base_caption_dataset(dataset) -> CaptionDataset:
-    while not isinstance(dataset, CaptionDataset):
-        if not hasattr(dataset, "dataset"):
-            raise TypeError(f"no CaptionDataset inside {type(dataset).__name__}")
-        dataset = dataset.dataset
-    return dataset
+def require_items(found: dict, base, source: str, what: str) -> None:
+    """Every item of the split must have an entry in ``found`` (read from ``source``)."""
+    missing = [i for i in base.item_order if i not in found]
+    if missing:
+        raise DataError(f"{source}: no {what} for {len(missing)} item(s) of {base.manifest_path}, "
+                        f"e.g. {missing[:5]}")
 
 
 class RetrievalDataset(BaseWrapperDataset):
@@ -79,6 +79,8 @@ class RetrievalDataset(BaseWrapperDataset):
                  cascade_source: str = "", test_rank: int = 0):
         super().__init__(dataset)
         base = base_caption_dataset(dataset)
+        if base is None:
+            raise TypeError(f"no CaptionDataset inside {type(dataset).__name__}")
         self.base, self.seed, self.epoch = base, seed, 1
         self.training = base.per == "caption"
         self.topk, self.gt_prob, self.test_rank = topk, gt_prob, test_rank
@@ -87,10 +89,7 @@ class RetrievalDataset(BaseWrapperDataset):
         d, max_tokens = base.dictionary, base.max_target_positions
         self.retrieved = None
         if retrieved is not None:
-            missing = [i for i in base.item_order if i not in retrieved]
-            if missing:
-                raise DataError(f"{retrieval_path}: no retrieved sentences for {len(missing)} item(s) of "
-                                f"{base.manifest_path}, e.g. {missing[:5]}")
+            require_items(retrieved, base, retrieval_path, "retrieved sentences")
             short = [i for i in base.item_order if len(retrieved[i]) <= (0 if self.training else test_rank)]
             if short:
                 raise DataError(f"{retrieval_path}: item {short[0]} has {len(retrieved[short[0]])} sentence(s), "
@@ -100,10 +99,7 @@ class RetrievalDataset(BaseWrapperDataset):
                                   for s in retrieved[i][keep]] for i in base.item_order}
         self.cascade = None
         if cascade is not None:
-            missing = [i for i in base.item_order if i not in cascade]
-            if missing:
-                raise DataError(f"{cascade_source}: no first-stage caption for {len(missing)} item(s) of "
-                                f"{base.manifest_path}, e.g. {missing[:5]}")
+            require_items(cascade, base, cascade_source, "first-stage caption")
             self.cascade = {i: encode_caption(d, cascade[i], cascade_source, i, max_tokens, strict=False)
                             for i in base.item_order}
         # other GT captions of each item, for the gt_prob draw

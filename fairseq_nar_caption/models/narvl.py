@@ -91,6 +91,15 @@ class _ImageTextModel(CaptionEncoderDecoderModel):
         encoder_out = self.encoder(src_tokens, src_lengths, patch_images)
         return self.decoder(prev_output_tokens, encoder_out=encoder_out)
 
+    @classmethod
+    def build_parts(cls, cfg, task):
+        """What both models share: the Transformer config, the dictionary, the token embedding
+        (shared by encoder prompt and decoder) and the OFA-style encoder."""
+        tcfg = transformer_config(cfg)
+        dictionary = task.target_dictionary
+        embed = build_shared_embedding(cfg, dictionary)
+        return tcfg, dictionary, embed, build_ofa_encoder(cfg, tcfg, embed)
+
     def init_from_pretrained(self):
         """Called by the task when building afresh (not when restoring a checkpoint):
         encoder weights from ``--ofa-checkpoint`` (mapping in modules/ofa_encoder.py)."""
@@ -162,10 +171,7 @@ class QueryDecoder(FairseqDecoder):
 class NARVLModel(_ImageTextModel):
     @classmethod
     def build_model(cls, cfg: NARVLModelConfig, task):
-        tcfg = transformer_config(cfg)
-        dictionary = task.target_dictionary
-        embed = build_shared_embedding(cfg, dictionary)
-        encoder = build_ofa_encoder(cfg, tcfg, embed)
+        tcfg, dictionary, embed, encoder = cls.build_parts(cfg, task)
         if cfg.decoder_input == "encoder":
             n = encoder.num_image_tokens + cfg.max_text_positions
         else:
@@ -195,10 +201,7 @@ class NARVLModel(_ImageTextModel):
 class NARVLARModel(_ImageTextModel):
     @classmethod
     def build_model(cls, cfg: NARVLConfig, task):
-        tcfg = transformer_config(cfg)
-        dictionary = task.target_dictionary
-        embed = build_shared_embedding(cfg, dictionary)
-        encoder = build_ofa_encoder(cfg, tcfg, embed)
+        tcfg, dictionary, embed, encoder = cls.build_parts(cfg, task)
         decoder = TransformerDecoderBase(tcfg, dictionary, embed, no_encoder_attn=False)
         model = cls(encoder, decoder)
         model.cfg = cfg

@@ -27,7 +27,7 @@ from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 from fairseq.tasks import FairseqTask, register_task
 from omegaconf import II, MISSING
 
-from ..data.caption_dataset import CaptionDataset
+from ..data.caption_dataset import CaptionDataset, base_caption_dataset
 from ..data.feature_store import MultiModalFeatures, open_feature_store
 from ..data.frame_sampling import FrameSampledStore
 from ..data.hybrid_distill import HybridDistillDataset
@@ -147,8 +147,10 @@ class CaptioningTask(FairseqTask):
     def get_batch_iterator(self, dataset, **kwargs):
         # fairseq(-fixed)'s batch_by_size drops a last batch whose size is not a multiple
         # of --required-batch-size-multiple (default 8): fairseq-generate would silently
-        # skip up to 7 test items.  Evaluation datasets are batched with multiple 1.
-        if isinstance(dataset, CaptionDataset) and dataset.per == "item":
+        # skip up to 7 test items.  Evaluation datasets (also inside wrappers such as
+        # RDT's retrieval dataset) are batched with multiple 1.
+        base = base_caption_dataset(dataset)
+        if base is not None and base.per == "item":
             kwargs["required_batch_size_multiple"] = 1
         return super().get_batch_iterator(dataset, **kwargs)
 

@@ -17,7 +17,7 @@ from typing import Optional
 
 from fairseq.tasks import register_task
 
-from ..data.retrieval import RetrievalDataset, base_caption_dataset, load_cascade_manifests, load_retrieval_file
+from ..data.retrieval import RetrievalDataset, load_cascade_manifests, load_retrieval_file
 from ..generators import generator_names
 from .captioning import CaptioningConfig, CaptioningTask
 
@@ -68,12 +68,3 @@ class RDTCaptioningTask(CaptioningTask):
                 self.datasets[split], self.retrieved, self.retrieval_path, self.cfg.retrieval_topk,
                 self.cfg.retrieval_gt_prob, self.cfg.seed, self.cascade, self.cascade_source,
                 self.cfg.retrieval_test_rank)
-
-    def get_batch_iterator(self, dataset, **kwargs):
-        # as the captioning task: evaluation splits are batched with multiple 1 (no dropped items)
-        try:
-            if base_caption_dataset(dataset).per == "item":
-                kwargs["required_batch_size_multiple"] = 1
-        except TypeError:
-            pass
-        return super().get_batch_iterator(dataset, **kwargs)
