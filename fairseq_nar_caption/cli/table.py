@@ -8,7 +8,8 @@ from ..data.manifest import load_json
 from .score import markdown_table
 
 
-def cli_main(argv=None):
+def main(argv=None):
+    """The command's work; returns its result for callers in Python."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("results", nargs="+", help="score JSON files, one row each, in this order")
     p.add_argument("--out", help="also write the table here")
@@ -20,6 +21,12 @@ def cli_main(argv=None):
         with open(a.out, "w", encoding="utf-8") as f:
             f.write(table + "\n")
     return table
+
+
+
+def cli_main(argv=None) -> None:
+    """Console entry: returns None, so the console wrapper's sys.exit() sees success as 0."""
+    main(argv)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,9 @@ reads in any case.  Every error names the file and the item.
 """
 from __future__ import annotations
 
+import atexit
 import os
+import weakref
 from typing import Iterable, Optional, Sequence, Tuple
 
 import numpy as np
@@ -108,6 +110,21 @@ class FeatureStore:
         return first
 
 
+_OPEN_HDF5: "weakref.WeakSet[HDF5FeatureStore]" = weakref.WeakSet()
+
+
+@atexit.register
+def close_all_hdf5() -> None:
+    """Close every HDF5 file a store opened, while the interpreter is still whole.
+
+    Left to interpreter finalisation, h5py's object destructors (``PropID.__dealloc__``)
+    can wait forever on h5py's global lock once other modules are torn down: a finished
+    ``fairseq-train`` then hangs at exit with every thread in a futex wait (seen with
+    h5py 3.16 / HDF5 2.0).  atexit runs before that teardown."""
+    for store in list(_OPEN_HDF5):
+        store.close()
+
+
 class HDF5FeatureStore(FeatureStore):
     def __init__(self, path: str, key_template: str = "{}"):
         if not os.path.isfile(path):
@@ -121,9 +138,22 @@ class HDF5FeatureStore(FeatureStore):
         if self._h5 is None or self._pid != os.getpid():
             import h5py
 
-            self._h5 = h5py.File(self.path, "r")
+            try:
+                self._h5 = h5py.File(self.path, "r")
+            except OSError as e:  # truncated / not HDF5
+                raise DataError(f"{self.path}: cannot be read as HDF5 ({e})") from None
             self._pid = os.getpid()
+            _OPEN_HDF5.add(self)
         return self._h5
+
+    def close(self) -> None:
+        if self._h5 is not None and self._pid == os.getpid():
+            try:
+                self._h5.close()
+            except Exception:  # already closed by h5py itself
+                pass
+        self._h5 = None
+        _OPEN_HDF5.discard(self)
 
     def _shape(self, key):
         f = self._file()
