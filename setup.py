@@ -26,6 +26,8 @@ setup(
             "nar-caption-baselines=fairseq_nar_caption.cli.baselines:cli_main",
             "nar-caption-table=fairseq_nar_caption.cli.table:cli_main",
             "nar-caption-retrieve=fairseq_nar_caption.cli.retrieve:cli_main",
+            "nar-caption-extract=fairseq_nar_caption.cli.extract:cli_main",
+            "nar-caption-caption=fairseq_nar_caption.cli.caption:cli_main",
         ]
     },
 )

@@ -26,6 +26,7 @@ class Loaded:
     generator: object
     cfg: object
     device: torch.device
+    fp16: bool = False
 
 
 def parse_generate_args(data: str, args: Sequence[str]):
@@ -39,7 +40,10 @@ def parse_generate_args(data: str, args: Sequence[str]):
         return convert_namespace_to_omegaconf(options.parse_args_and_arch(parser, input_args=argv))
 
 
-def load(data: str, args: Sequence[str], device: str = "cpu") -> Loaded:
+def load(data: str, args: Sequence[str], device: str = "cpu", fp16: bool = False) -> Loaded:
+    """``fp16`` (CUDA only): models and float inputs in half precision."""
+    if fp16 and device == "cpu":
+        raise ValueError("--fp16 needs --device cuda")
     cfg = parse_generate_args(data, args)
     utils.import_user_module(cfg.common)
     task = tasks.setup_task(cfg.task)
@@ -49,9 +53,16 @@ def load(data: str, args: Sequence[str], device: str = "cpu") -> Loaded:
     dev = torch.device(device)
     for m in models:
         m.eval().to(dev)
+        if fp16:
+            m.half()
         m.prepare_for_inference_(cfg)
     generator = task.build_generator(models, cfg.generation)
-    return Loaded(task, models, generator, cfg, dev)
+    for v in vars(generator).values():  # models a generator loaded itself (a NACF teacher)
+        if isinstance(v, torch.nn.Module) and not any(v is m for m in models):
+            v.eval().to(dev)
+            if fp16:
+                v.half()
+    return Loaded(task, models, generator, cfg, dev, fp16)
 
 
 def batches(dataset, batch_size: int, max_items: Optional[int] = None) -> Iterator[dict]:
@@ -61,8 +72,12 @@ def batches(dataset, batch_size: int, max_items: Optional[int] = None) -> Iterat
         yield dataset.collater([dataset[i] for i in range(start, min(n, start + batch_size))])
 
 
-def to_device(sample: dict, device: torch.device) -> dict:
-    return sample if device.type == "cpu" else utils.move_to_cuda(sample, device=device)
+def to_device(sample: dict, device: torch.device, fp16: bool = False) -> dict:
+    if device.type != "cpu":
+        sample = utils.move_to_cuda(sample, device=device)
+    if fp16:
+        sample = utils.apply_to_sample(lambda t: t.half() if t.is_floating_point() else t, sample)
+    return sample
 
 
 @torch.no_grad()
@@ -82,6 +97,6 @@ def decode_dataset(loaded: Loaded, dataset, batch_size: int = 64,
     """item id → caption for a per-item dataset."""
     out = {}
     for sample in batches(dataset, batch_size, max_items):
-        for item_id, cap in zip(sample["item_ids"], decode_batch(loaded, to_device(sample, loaded.device))):
+        for item_id, cap in zip(sample["item_ids"], decode_batch(loaded, to_device(sample, loaded.device, loaded.fp16))):
             out[item_id] = cap
     return out

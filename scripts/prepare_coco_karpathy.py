@@ -38,9 +38,9 @@ image (one error naming the file and the missing ids) before anything is written
 from __future__ import annotations
 
 import argparse
-import sys
 from typing import Dict, List, Optional, Sequence
 
+from fairseq_nar_caption.cli.common import error_exit
 from fairseq_nar_caption.data.manifest import DataError, load_json
 from fairseq_nar_caption.data.text import normalize_caption
 from fairseq_nar_caption.data.video_corpus import SPLITS, Video, check_features, write_video_corpus
@@ -133,7 +133,7 @@ def main(argv: Optional[List[str]] = None) -> dict:
         summary = prepare(a.annotations, a.out, a.min_count, a.max_words, [f for f in a.features.split(",") if f],
                           a.feature_key_template)
     except DataError as e:
-        sys.exit(f"prepare_coco_karpathy: error: {e}")
+        error_exit(e, "prepare_coco_karpathy")
     print(format_summary(a.out, summary))
     return summary
 

@@ -49,9 +49,9 @@ shared with ``prepare_msvd.py``.
 from __future__ import annotations
 
 import argparse
-import sys
 from typing import Dict, List, Optional, Sequence
 
+from fairseq_nar_caption.cli.common import error_exit
 from fairseq_nar_caption.data.manifest import DataError, load_json
 from fairseq_nar_caption.data.text import normalize_caption
 from fairseq_nar_caption.data.video_corpus import SPLITS, Video, format_summary, write_video_corpus
@@ -141,7 +141,7 @@ def main(argv: Optional[List[str]] = None) -> dict:
         summary = prepare(a.annotations, a.out, a.min_count, a.max_words,
                           [f for f in a.features.split(",") if f])
     except DataError as e:
-        sys.exit(f"prepare_msrvtt: error: {e}")
+        error_exit(e, "prepare_msrvtt")
     print(format_summary("MSR-VTT", a.out, summary))
     return summary
 

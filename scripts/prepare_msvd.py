@@ -48,9 +48,9 @@ import csv
 import io
 import os
 import re
-import sys
 from typing import Dict, List, Optional, Sequence
 
+from fairseq_nar_caption.cli.common import error_exit
 from fairseq_nar_caption.data.manifest import DataError
 from fairseq_nar_caption.data.text import normalize_caption
 
@@ -192,7 +192,7 @@ def main(argv: Optional[List[str]] = None) -> dict:
         summary = prepare(a.annotations, a.mapping, a.out, a.key_prefix, a.first_index, a.min_count,
                           a.max_words, [f for f in a.features.split(",") if f], a.encoding)
     except DataError as e:
-        sys.exit(f"prepare_msvd: error: {e}")
+        error_exit(e, "prepare_msvd")
     print(format_summary("MSVD", a.out, summary))
     return summary
 

@@ -40,9 +40,9 @@ from __future__ import annotations
 import argparse
 import os
 import pickle
-import sys
 from typing import Dict, List, Optional
 
+from fairseq_nar_caption.cli.common import error_exit
 from fairseq_nar_caption.data.manifest import DataError, load_json
 from fairseq_nar_caption.data.ofa_tsv import OFA_COLUMNS, ImageEncoder, TsvWriter, clean_text, format_box_field
 
@@ -161,7 +161,7 @@ def main(argv: Optional[List[str]] = None) -> dict:
     try:
         s = prepare(a.refs, a.instances, a.image_dir, a.out, a.name, a.box_tolerance)
     except DataError as e:
-        sys.exit(f"prepare_refcoco: error: {e}")
+        error_exit(e, "prepare_refcoco")
     print(f"{a.name} -> {a.out}")
     for split, n in s["rows"].items():
         print(f"  {a.name}_{split}.tsv: {n} referring expressions")

@@ -24,9 +24,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 from typing import Dict, List, Optional, Sequence
 
+from fairseq_nar_caption.cli.common import error_exit
 from fairseq_nar_caption.data.manifest import DataError
 from fairseq_nar_caption.data.ofa_tsv import ENTAILMENT_LABELS, OFA_COLUMNS, ImageEncoder, TsvWriter, clean_text
 
@@ -94,7 +94,7 @@ def main(argv: Optional[List[str]] = None) -> dict:
     try:
         s = prepare(a.data_dir, a.image_dir, a.out, a.splits)
     except DataError as e:
-        sys.exit(f"prepare_snli_ve: error: {e}")
+        error_exit(e, "prepare_snli_ve")
     print(f"SNLI-VE -> {a.out}")
     for split, d in s.items():
         labels = ", ".join(f"{k} {v}" for k, v in d["labels"].items())

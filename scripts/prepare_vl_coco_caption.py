@@ -34,6 +34,7 @@ import os
 import sys
 from typing import Dict, List, Optional
 
+from fairseq_nar_caption.cli.common import error_exit
 from fairseq_nar_caption.data.manifest import CaptionRow, DataError, load_json, write_coco_refs
 from fairseq_nar_caption.data.ofa_tsv import CAPTION_SEP, OFA_COLUMNS, ImageEncoder, TsvWriter
 
@@ -100,7 +101,7 @@ def main(argv: Optional[List[str]] = None) -> dict:
     try:
         s = prepare(a.karpathy, a.image_root, a.out)
     except DataError as e:
-        sys.exit(f"prepare_vl_coco_caption: error: {e}")
+        error_exit(e, "prepare_vl_coco_caption")
     print(f"COCO captions (Karpathy) -> {a.out}")
     for split in SPLITS:
         print(f"  caption_{split}.tsv: {s['images'][split]} images, {s['rows'][split]} rows")

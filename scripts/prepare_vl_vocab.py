@@ -29,11 +29,11 @@ import argparse
 import json
 import os
 import shutil
-import sys
 import tempfile
 from collections import Counter
 from typing import Iterator, List, Optional, Sequence
 
+from fairseq_nar_caption.cli.common import error_exit
 from fairseq_nar_caption.data.manifest import DataError
 from fairseq_nar_caption.data.ofa_tsv import TASKS, iter_ofa_tsv, split_captions
 from fairseq_nar_caption.evaluation.vl_metrics import parse_ofa_answers
@@ -127,7 +127,7 @@ def main(argv: Optional[List[str]] = None) -> dict:
     try:
         s = build(a.data, a.tasks, a.vocab_size, a.num_bins, a.model_type)
     except DataError as e:
-        sys.exit(f"prepare_vl_vocab: error: {e}")
+        error_exit(e, "prepare_vl_vocab")
     print(f"{a.data}: spm.model ({s['pieces']} pieces, {a.model_type}), dict.txt (+{a.num_bins} bins, "
           f"{' '.join(RESERVED)}) from {s['train_texts']} training texts")
     return s

@@ -38,10 +38,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from collections import Counter
 from typing import List, Optional
 
+from fairseq_nar_caption.cli.common import error_exit
 from fairseq_nar_caption.data.manifest import DataError, load_json
 from fairseq_nar_caption.data.ofa_tsv import OFA_COLUMNS, ImageEncoder, TsvWriter, clean_text
 from fairseq_nar_caption.evaluation.vl_metrics import answer_soft_score, format_ofa_answers, normalize_answer
@@ -144,7 +144,7 @@ def main(argv: Optional[List[str]] = None) -> dict:
     try:
         s = prepare(a.questions, a.image_dir, a.out, a.annotations, a.image_pattern, a.answers_out, a.min_answer_count)
     except DataError as e:
-        sys.exit(f"prepare_vqav2: error: {e}")
+        error_exit(e, "prepare_vqav2")
     print(f"VQAv2 {a.questions} -> {a.out}: {s['questions']} questions on {s['images']} images"
           + ("" if s["annotated"] else " (no annotations: empty answer column)"))
     if "candidates" in s:

@@ -1,4 +1,6 @@
 import os
+import shlex
+import subprocess
 import sys
 
 import numpy as np
@@ -7,6 +9,26 @@ import pytest
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 USER_DIR = os.path.join(REPO, "fairseq_nar_caption")
 BIN = os.path.dirname(sys.executable)  # .venv/bin: fairseq-train, fairseq-generate
+
+
+def run_cli(cmd, timeout=600, check=True, **kwargs):
+    """``subprocess.run(cmd)`` with a timeout: a hung command (e.g. a fairseq-train that never
+    exits) fails this one test naming its command line instead of stalling the run.
+
+    Output is captured as text unless the caller redirects stdout/stderr itself.  ``check``:
+    a non-zero exit fails the test with the command line and the end of its stderr."""
+    cmd = [str(c) for c in cmd]
+    if "stdout" not in kwargs and "stderr" not in kwargs:
+        kwargs.setdefault("capture_output", True)
+    kwargs.setdefault("text", True)
+    try:
+        p = subprocess.run(cmd, timeout=timeout, **kwargs)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"timed out after {timeout} s: {shlex.join(cmd)}", pytrace=False)
+    if check and p.returncode != 0:
+        err = p.stderr if isinstance(p.stderr, str) else ""
+        pytest.fail(f"exit {p.returncode}: {shlex.join(cmd)}\n{err[-3000:]}", pytrace=False)
+    return p
 
 
 def make_dictionary(words):

@@ -6,13 +6,12 @@ dimensions), trained once through the fairseq-train CLI for the whole module.
 """
 import json
 import os
-import subprocess
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import BIN, USER_DIR, write_h5, write_tsv
+from conftest import BIN, USER_DIR, run_cli, write_h5, write_tsv
 from fairseq_nar_caption import inference
 from fairseq_nar_caption.cli import benchmark, distill, score
 from fairseq_nar_caption.data.manifest import read_manifest, write_coco_refs
@@ -50,16 +49,15 @@ def trained(tmp_path_factory):
            "--optimizer", "adam", "--lr", "3e-3", "--batch-size", "16", "--max-epoch", "12",
            "--num-workers", "0", "--valid-subset", "val", "--no-epoch-checkpoints", "--save-dir", str(save),
            "--seed", "1", "--cpu", "--no-progress-bar"]
-    subprocess.run(cmd, check=True, capture_output=True, text=True)
+    run_cli(cmd)
     return data, save / "checkpoint_best.pt", caps
 
 
 def test_train_generate_score_round_trip_through_cli(trained, tmp_path):
     data, ckpt, caps = trained
-    out = subprocess.run([os.path.join(BIN, "fairseq-generate"), str(data), "--user-dir", USER_DIR,
-                          "--task", "captioning", "--path", str(ckpt), "--gen-subset", "test", "--beam", "5",
-                          "--max-len-b", "10", "--batch-size", "4", "--cpu"],
-                         check=True, capture_output=True, text=True, env={**os.environ}).stdout
+    out = run_cli([os.path.join(BIN, "fairseq-generate"), str(data), "--user-dir", USER_DIR,
+                   "--task", "captioning", "--path", str(ckpt), "--gen-subset", "test", "--beam", "5",
+                   "--max-len-b", "10", "--batch-size", "4", "--cpu"], env={**os.environ}).stdout
     gen = tmp_path / "gen.txt"
     gen.write_text(out)
     hyps = {int(line.split("\t")[0][2:]): line.split("\t")[2] for line in out.splitlines() if line.startswith("H-")}
@@ -117,18 +115,34 @@ def test_batch1_equals_batched_beam5(trained):
 
 def test_benchmark_harness(trained, tmp_path):
     data, ckpt, _ = trained
-    rows = benchmark.main([str(data), "--row", f"beam5=--path {ckpt} --beam 5 --max-len-b 10",
-                               "--row", f"greedy=--path {ckpt} --beam 1 --max-len-b 10", "--warmup", "3",
-                               "--throughput-batch", "8", "--metrics", "Bleu,CIDEr-D",
-                               "--out-json", str(tmp_path / "b.json"), "--out-md", str(tmp_path / "b.md")])
+    rows, _ = benchmark.main([str(data), "--row", f"beam5=--path {ckpt} --beam 5 --max-len-b 10",
+                              "--row", f"greedy=--path {ckpt} --beam 1 --max-len-b 10", "--warmup", "3",
+                              "--passes", "2", "--throughput-batch", "8", "--metrics", "Bleu,CIDEr-D",
+                              "--out-json", str(tmp_path / "b.json"), "--out-md", str(tmp_path / "b.md"),
+                              "--out-png", str(tmp_path / "b.png")])
     j = json.load(open(tmp_path / "b.json"))
     assert [r["name"] for r in j["rows"]] == ["beam5", "greedy"]
     assert j["rows"][0]["speedup"] == 1.0
-    assert all(r["latency"]["timed_items"] == 12 and r["n_items"] == 15 for r in j["rows"])
-    assert all(r["throughput"] > 0 and r["latency"]["mean_ms"] > 0 for r in j["rows"])
-    assert rows[1]["speedup"] == pytest.approx(rows[0]["latency"]["mean_ms"] / rows[1]["latency"]["mean_ms"])
+    # 15 items, 3 warm-up items in the first pass only: 12 + 15 timed decodes
+    assert all(r["latency"]["timed_items"] == 27 and r["n_items"] == 15 for r in j["rows"])
+    assert all(r["throughput"] > 0 and r["latency"]["q1_ms"] <= r["latency"]["median_ms"] <= r["latency"]["q3_ms"]
+               for r in j["rows"])
+    assert rows[1]["speedup"] == pytest.approx(rows[0]["latency"]["median_ms"] / rows[1]["latency"]["median_ms"])
+    # greedy AR: one incremental decoder pass per output token (words + </s>)
+    greedy = j["rows"][1]
+    loaded, ds = _load(trained, "--beam", "1")
+    caps = inference.decode_dataset(loaded, ds, batch_size=1)
+    assert greedy["decoder_passes"] == pytest.approx(sum(len(c.split()) + 1 for c in caps.values()) / len(caps))
+    assert j["rows"][0]["decoder_passes"] >= greedy["decoder_passes"]  # beam 5 runs until its 5 beams end
+    assert all(r["x_bare"] > 0 and r["overhead"] > 0 and r["unk_rate"] == 0 for r in j["rows"])
     md = (tmp_path / "b.md").read_text()
-    assert "| beam5 |" in md and "| greedy |" in md and "CIDEr-D" in md
+    assert "| beam5 |" in md and "| greedy |" in md and "CIDEr-D" in md and "banned_symbols" in md
+    # the PNG's plotted points are the JSON's (stored in its metadata by evaluation/chart.py)
+    from PIL import Image
+    png = json.loads(Image.open(tmp_path / "b.png").text["Points"])
+    assert png == j["chart"] and [p["name"] for p in png] == ["beam5", "greedy"]
+    assert [p["cider"] for p in png] == [pytest.approx(100 * r["scores"]["CIDEr-D"], abs=1e-3) for r in j["rows"]]
+    assert any(p["pareto"] for p in png)
 
 
 def test_benchmark_row_names_may_contain_equals():

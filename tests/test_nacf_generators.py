@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from conftest import make_dictionary
-from fairseq_nar_caption.generators.mask_predict import MaskPredictGenerator
+from fairseq_nar_caption.generators import build_caption_generator
 
 WORDS = "a b c d e f g h x".split()
 
@@ -70,8 +70,7 @@ def make_generator(stub, algorithm, ct, **opts):
     cfg = dict(nar_iterations=5, nar_q=1, length_beam=1, nar_min_length=1, nar_skip_template_revisit=False,
                length_norm_alpha=1.0, teacher_path=None)
     cfg.update(opts)
-    task = SimpleNamespace(cfg=SimpleNamespace(**cfg), target_dictionary=stub.d)
-    g = MaskPredictGenerator(task, [stub], None, algorithm, ct)
+    g = build_caption_generator(("ct-" if ct else "") + algorithm, [stub], stub.d, SimpleNamespace(**cfg))
     g.trace = []
     return g
 

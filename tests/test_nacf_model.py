@@ -2,13 +2,12 @@
 (trained through the fairseq CLI on toy videos) that decodes with all six
 algorithms and beats the most-frequent-caption baseline."""
 import os
-import subprocess
 
 import pytest
 import torch
 from omegaconf import OmegaConf
 
-from conftest import BIN, USER_DIR, decode_batched_and_single, make_dictionary
+from conftest import BIN, USER_DIR, decode_batched_and_single, make_dictionary, run_cli
 from fairseq_nar_caption import inference
 from fairseq_nar_caption.cli import score
 from fairseq_nar_caption.criterions.nacf_loss import NACFLoss, nar_targets, random_mask
@@ -32,8 +31,7 @@ def trained(tmp_path_factory):
     data = root / "toy" / "videos"
 
     def train(*args):
-        subprocess.run([os.path.join(BIN, "fairseq-train"), str(data), *COMMON, *args], check=True,
-                       capture_output=True, text=True)
+        run_cli([os.path.join(BIN, "fairseq-train"), str(data), *COMMON, *args])
 
     train("--arch", "nacf_arb", "--criterion", "label_smoothed_cross_entropy", "--label-smoothing", "0.1",
           "--max-update", "150", "--save-dir", str(root / "arb"))
@@ -102,10 +100,9 @@ def test_initialised_from_ar_b(trained):
 @pytest.mark.parametrize("generator", ["mp", "ef", "l2r", "ct-mp", "ct-ef", "ct-l2r"])
 def test_every_algorithm_decodes_through_fairseq_generate(trained, generator, tmp_path):
     data, arb, ckpt = trained
-    out = subprocess.run([os.path.join(BIN, "fairseq-generate"), str(data), "--user-dir", USER_DIR,
-                          "--task", "captioning", "--feature-files", "appearance.h5,motion.h5", "--path", str(ckpt),
-                          "--gen-subset", "test", "--generator", generator, "--batch-size", "16", "--cpu"],
-                         check=True, capture_output=True, text=True).stdout
+    out = run_cli([os.path.join(BIN, "fairseq-generate"), str(data), "--user-dir", USER_DIR,
+                   "--task", "captioning", "--feature-files", "appearance.h5,motion.h5", "--path", str(ckpt),
+                   "--gen-subset", "test", "--generator", generator, "--batch-size", "16", "--cpu"]).stdout
     (tmp_path / "gen.txt").write_text(out)
     res = score.score_files(refs=str(data / "test_refs.json"), generate_output=str(tmp_path / "gen.txt"),
                             metrics=("CIDEr-D",))

@@ -15,11 +15,11 @@ import pytest
 import torch
 from fairseq.sequence_generator import SequenceGenerator
 
-from conftest import BIN, REPO, USER_DIR
+from conftest import BIN, REPO, USER_DIR, run_cli
 from fairseq_nar_caption.criterions.query_ctc import QueryCTCCriterion, ctc_min_positions
 from fairseq_nar_caption.data.manifest import DataError
 from fairseq_nar_caption.data.toy import ToyConfig, generate
-from fairseq_nar_caption.generators.ctc import CTCGenerator, collapse, prefix_beam_search
+from fairseq_nar_caption.generators.ctc import collapse, prefix_beam_search
 from fairseq_nar_caption.models.modules.ofa_encoder import EfficientNetLite0Backbone, map_ofa_encoder_state
 from fairseq_nar_caption.models.narvl import NARVLARModel, NARVLConfig, NARVLModel, NARVLModelConfig
 from fairseq_nar_caption.tasks.vision_language import VisionLanguageConfig, VisionLanguageTask
@@ -43,6 +43,12 @@ def make_task(data, vl_task="vqa"):
     cfg = VisionLanguageConfig(data=str(data), vl_task=vl_task, image_dir="../toy/images/pixels",
                                patch_image_size=96, num_bins=BINS, max_source_positions=256, max_target_positions=32)
     return VisionLanguageTask.setup_task(cfg)
+
+
+def ctc_generator(task, model):
+    """--generator ctc as fairseq-generate builds it (the task's options and generator context)."""
+    task.cfg.generator = "ctc"
+    return task.build_generator([model], SimpleNamespace())
 
 
 def model_cfg(cls=NARVLModelConfig, **kw):
@@ -267,14 +273,14 @@ def test_ctc_batch_of_one_equals_batched(vl_data):
     assert sample["net_input"]["src_tokens"].eq(task.dictionary.pad()).any()  # prompts of different lengths
     for beam in (1, 3):
         task.cfg.ctc_beam = beam
-        gen = CTCGenerator(task, [model], SimpleNamespace())
+        gen = ctc_generator(task, model)
         batched = gen.generate([model], sample)
         outs = set()
         for j, i in enumerate(idx):
             one = gen.generate([model], task_sample(task, "vqa", "test", [i]))[0][0]
             assert torch.equal(one["tokens"], batched[j][0]["tokens"])
-            assert one["score"].item() == pytest.approx(batched[j][0]["score"].item(), abs=1e-4)
-            outs.add(round(one["score"].item(), 3))
+            assert one["score"] == pytest.approx(batched[j][0]["score"], abs=1e-4)  # a float, as every generator
+            outs.add(round(one["score"], 3))
         assert len(outs) > 1  # the items' inputs matter (scores differ)
     task.cfg.ctc_beam = 1
 
@@ -303,21 +309,21 @@ def trained_vqa(vl_data, tmp_path_factory):
     """A tiny NARVL trained on the small toy VQA through fairseq-train (Query-CTC, N = 6)."""
     save = tmp_path_factory.mktemp("narvl_ckpt")
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    subprocess.run([os.path.join(BIN, "fairseq-train"), str(vl_data), "--user-dir", USER_DIR, *COMMON, "--cpu",
+    run_cli([os.path.join(BIN, "fairseq-train"), str(vl_data), "--user-dir", USER_DIR, *COMMON, "--cpu",
                     "--arch", "narvl_tiny",
                     "--num-queries", "6", "--criterion", "query_ctc", "--optimizer", "adam", "--lr", "2e-3",
                     "--batch-size", "32", "--max-update", "150", "--save-dir", str(save), "--num-workers", "0",
                     "--disable-validation", "--no-epoch-checkpoints", "--no-progress-bar", "--seed", "1"],
-                   check=True, env=env, capture_output=True)
+                   env=env)
     return save / "checkpoint_last.pt"
 
 
 def test_tiny_narvl_beats_majority_answer_on_vqa_through_fairseq(vl_data, trained_vqa):
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    gen = subprocess.run([os.path.join(BIN, "fairseq-generate"), str(vl_data), "--user-dir", USER_DIR, *COMMON,
+    gen = run_cli([os.path.join(BIN, "fairseq-generate"), str(vl_data), "--user-dir", USER_DIR, *COMMON,
                           "--cpu", "--path", str(trained_vqa), "--gen-subset", "test", "--generator", "ctc",
                           "--batch-size", "32", "--post-process", "sentencepiece"],
-                         check=True, env=env, capture_output=True, text=True).stdout
+                         env=env).stdout
     hyps = {int(ln.split("\t")[0][2:]): ln.split("\t")[2] if ln.count("\t") >= 2 else ""
             for ln in gen.splitlines() if ln.startswith("D-")}
     rows = [ln.split("\t") for ln in open(vl_data / "vqa_test.tsv").read().splitlines()]
@@ -368,7 +374,7 @@ def test_decoder_input_encoder_variant_trains_with_query_ctc(vl_data):
     assert torch.isfinite(loss) and log["infeasible"] == 0
     loss.backward()
     model.eval()
-    gen = CTCGenerator(task, [model], SimpleNamespace())
+    gen = ctc_generator(task, model)
     assert all(h[0]["tokens"][-1] == task.dictionary.eos() for h in gen.generate([model], sample))
 
 
@@ -390,7 +396,7 @@ def test_grounding_decodes_exactly_four_coordinates_when_ctc_merges_equal_bins(v
         def forward_decoder(self, encoder_out):
             return lp.clone(), None
 
-    gen = CTCGenerator(task, [Stub()], SimpleNamespace())
+    gen = ctc_generator(task, Stub())
     assert collapse(lp.argmax(-1), d.index("<blank>")) == [[bins[5], bins[9], bins[2]]]
     hyp = gen.generate(None, {"net_input": {}})[0][0]
     assert hyp["tokens"].tolist() == [bins[5], bins[5], bins[9], bins[2], d.eos()]
@@ -425,18 +431,17 @@ def test_tiny_narvl_beats_trivial_baselines_on_grounding_and_entailment(vl_data,
     env = dict(os.environ, OMP_NUM_THREADS="1")
     args = ["--task", "vision_language", "--vl-task", vl_task, "--image-dir", "../toy/images/pixels",
             "--patch-image-size", "96", "--num-bins", str(BINS), "--cpu"]
-    subprocess.run([os.path.join(BIN, "fairseq-train"), str(vl_data), "--user-dir", USER_DIR, *args,
+    run_cli([os.path.join(BIN, "fairseq-train"), str(vl_data), "--user-dir", USER_DIR, *args,
                     "--arch", "narvl_tiny", "--num-queries", str(QUERIES[vl_task]), "--criterion", "query_ctc",
                     "--optimizer", "adam", "--lr", "2e-3", "--batch-size", "32", "--max-update", "200",
                     "--save-dir", str(tmp_path), "--num-workers", "0", "--disable-validation",
-                    "--no-epoch-checkpoints", "--no-progress-bar", "--seed", "1"], check=True, env=env,
-                   capture_output=True)
+                    "--no-epoch-checkpoints", "--no-progress-bar", "--seed", "1"], env=env)
     gen = tmp_path / "gen.txt"
     with open(gen, "w") as f:
-        subprocess.run([os.path.join(BIN, "fairseq-generate"), str(vl_data), "--user-dir", USER_DIR, *args,
+        run_cli([os.path.join(BIN, "fairseq-generate"), str(vl_data), "--user-dir", USER_DIR, *args,
                         "--path", str(tmp_path / "checkpoint_last.pt"), "--gen-subset", "test", "--generator",
                         "ctc", "--batch-size", "32", "--post-process", "sentencepiece"],
-                       check=True, env=env, stdout=f, stderr=subprocess.DEVNULL)
+                       env=env, stdout=f, stderr=subprocess.DEVNULL)
     tsv = str(vl_data / f"{vl_task}_test.tsv")
     result = score_vl(vl_task, tsv, str(gen), image_dir=str(vl_data / "../toy/images/pixels"), num_bins=BINS)
     rows = read_ofa_tsv(tsv, vl_task)

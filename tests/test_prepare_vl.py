@@ -3,13 +3,12 @@ import base64
 import json
 import os
 import pickle
-import subprocess
 import sys
 
 import pytest
 from PIL import Image
 
-from conftest import REPO
+from conftest import REPO, run_cli
 from fairseq_nar_caption.cli.score_vl import score_vl
 from fairseq_nar_caption.data.boxes import bin_symbol, quantize_box
 from fairseq_nar_caption.data.manifest import DataError
@@ -304,9 +303,8 @@ def test_prepare_snli_ve(tmp_path):
 
 def test_prepare_snli_ve_bad_label_cli(tmp_path):
     data, imgs = write_snli_ve(tmp_path, bad_label=True)
-    p = subprocess.run([sys.executable, os.path.join(REPO, "scripts", "prepare_snli_ve.py"), "--data-dir", data,
-                        "--image-dir", imgs, "--out", str(tmp_path / "out")],
-                       capture_output=True, text=True, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    p = run_cli([sys.executable, os.path.join(REPO, "scripts", "prepare_snli_ve.py"), "--data-dir", data,
+                 "--image-dir", imgs, "--out", str(tmp_path / "out")], check=False, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert p.returncode != 0
     assert "snli_ve_train.jsonl:3: pair 1000092795.jpg#0r1n: gold_label '-' is not one of" in p.stderr
     assert not (tmp_path / "out").exists()

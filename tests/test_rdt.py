@@ -6,14 +6,18 @@ import json
 import math
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
+
+from fairseq.data import Dictionary
 
 from fairseq_nar_caption.cli import retrieve
 from fairseq_nar_caption.criterions.rdt_loss import ranking_loss, sentence_quality
 from fairseq_nar_caption.criterions.rdt_scst import CorpusCiderD
 from fairseq_nar_caption.data.manifest import DataError
-from fairseq_nar_caption.generators.diffusion import DiffusionGenerator, item_normal, reverse_step
+from fairseq_nar_caption.generators import build_caption_generator
+from fairseq_nar_caption.generators.diffusion import item_normal, reverse_step
 from fairseq_nar_caption.models.modules.bits import (bits_to_ids, codebook, ids_to_bits, num_bits, predict_x0,
                                                      threshold_ids)
 from fairseq_nar_caption.models.modules.ranking_attention import (MultiheadRankingAttention, ranked_attention,
@@ -131,25 +135,29 @@ class StubRDT:
     def forward_encoder(self, net_input):
         return {"encoder_out": [torch.zeros(3, net_input["features"].size(0), 2)]}
 
-    def denoise(self, x_t, gamma, encoder_out, self_cond=None, cascade_bits=None):
+    def denoise(self, x_t, gamma, encoder_out, self_cond=None, cascade_bits=None, word_mask=None):
         self.calls.append((x_t.clone(), gamma.clone(), None if self_cond is None else self_cond.clone()))
         logits = torch.full((x_t.size(0), self.seq_len, len(self.book)), -5.0)
         logits.scatter_(-1, self.words.view(1, -1, 1).expand(x_t.size(0), -1, 1), 5.0)
+        if word_mask is not None:
+            logits = logits.masked_fill(~word_mask, -math.inf)
         return logits, predict_x0(logits, self.book)
 
 
 def test_sampler_runs_algorithm1_with_time_difference_and_cuts_at_the_first_eos():
     stub = StubRDT([5, 6, 2, 7])
-    task = SimpleNamespace(cfg=SimpleNamespace(diffusion_steps=3, time_difference=1.0, cascade_steps=0,
-                                               cascade_time_difference=0.0, diffusion_noise=False, diffusion_seed=7),
-                           target_dictionary=SimpleNamespace(eos=lambda: 2))
-    gen = DiffusionGenerator(task, [stub], None)
+    d = Dictionary()  # <s> <pad> </s> <unk> + 4 words = the stub's 8 codes
+    for w in ("w4", "w5", "w6", "w7"):
+        d.add_symbol(w)
+    cfg = SimpleNamespace(diffusion_steps=3, time_difference=1.0, cascade_steps=0, cascade_time_difference=0.0,
+                          diffusion_noise=False, diffusion_seed=7)
+    gen = build_caption_generator("diffusion", [stub], d, cfg)
     sample = {"id": torch.tensor([4, 9]), "net_input": {"features": torch.zeros(2, 3, 2)}}
     hyps = gen.generate([stub], sample)
     # by hand: x_T per item from seed + id; steps t = 3/3, 2/3, 1/3 → s = max(t−1−Δ, 0)/T = 1/3, 0, 0
     x = item_normal(sample["id"], (4, 3), 7, "cpu")
     assert torch.equal(stub.calls[0][0], x) and stub.calls[0][2] is None  # no self-condition at the first step
-    x0_hat = predict_x0(stub.denoise(x, torch.zeros(2), None)[0], stub.book)
+    x0_hat = predict_x0(stub.denoise(x, torch.zeros(2), None, word_mask=gen.word_mask)[0], stub.book)  # the vocabulary rule
     stub.calls.pop()
     for k, (t, s) in enumerate([(1.0, 1 / 3), (2 / 3, 0.0), (1 / 3, 0.0)]):
         assert torch.allclose(stub.calls[k][0], x, atol=1e-5)
@@ -301,3 +309,61 @@ def test_missing_retrieval_item_is_one_clear_error(tiny_data):
     (tiny_data / "bad.json").write_text(json.dumps({"items": {"1": []}}))
     with pytest.raises(DataError, match=r"bad\.json: item 1"):
         RDTCaptioningTask.setup_task(RDTCaptioningConfig(data=str(tiny_data), retrieval_file="bad.json"))
+
+
+def _retrieval_corpus(root, n=240, seed=0):
+    """Items of 8 topics; captions of 6 words drawn from the topic's 25 words plus 3 shared ones
+    (bags of words almost never tie, so the ranking is unique)."""
+    from conftest import write_h5, write_tsv
+
+    rng = np.random.default_rng(seed)
+    feats, rows = {}, {"train": [], "test": []}
+    for i in range(n):
+        topic = int(rng.integers(0, 8))
+        x = rng.normal(size=(4, 12)).astype("float32")
+        x[:, topic] += 2.0
+        feats[str(i)] = x
+        for _ in range(3):
+            words = [f"t{topic}w{rng.integers(0, 25)}" for _ in range(6)]
+            words += [f"s{rng.integers(0, 40)}" for _ in range(3)]
+            rows["train" if i < 200 else "test"].append((str(i), " ".join(words)))
+    write_h5(root / "features.h5", feats)
+    for split, r in rows.items():
+        write_tsv(root / f"{split}.tsv", r)
+    return rows
+
+
+def test_retrieval_backends_and_score_blocks_agree(tmp_path):
+    rows = _retrieval_corpus(tmp_path)
+    sparse = retrieve.retrieve(str(tmp_path), ["train", "test"], k=5)
+    tiny_blocks = retrieve.retrieve(str(tmp_path), ["train", "test"], k=5, block_mb=0.001)  # 262 scores a block
+    faiss = retrieve.retrieve(str(tmp_path), ["train", "test"], k=5, backend="faiss", block_mb=0.001)
+    assert sparse == tiny_blocks == faiss and len(sparse) == 240
+    own = {}
+    for i, c in rows["train"]:
+        own.setdefault(i, set()).add(c)
+    assert all(not own[i] & set(s) for i, s in sparse.items() if i in own)  # no leakage, also blocked
+    # the embedding ranks captions of the item's own topic first
+    topic_of = lambda s: s.split()[0].split("w")[0]  # noqa: E731
+    hits = sum(topic_of(sparse[i][0]) == topic_of(c) for i, c in rows["test"][::3])
+    assert hits >= 36, hits  # of 40 test items
+
+
+def test_retrieval_writes_its_settings(tmp_path):
+    _retrieval_corpus(tmp_path, n=220)
+    retrieve.cli_main([str(tmp_path), "--splits", "test", "--k", "3", "--ridge", "2",
+                       "--out", str(tmp_path / "r.json")])
+    r = json.loads((tmp_path / "r.json").read_text())
+    assert r["settings"] == {"feature_files": "features.h5", "feature_key_template": "{}", "ridge": 2.0,
+                             "pooling": "mean", "train_split": "train"}
+    assert len(r["items"]) == 20 and all(len(s) == 3 for s in r["items"].values())
+    # the ranker saved beside it ranks new feature vectors as the file's items were ranked
+    from fairseq_nar_caption.data.feature_store import open_feature_store
+
+    ranker = retrieve.Ranker.load(retrieve.ranker_path(str(tmp_path / "r.json")))
+    store = open_feature_store(str(tmp_path / "features.h5"))
+    ids = list(r["items"])
+    pooled = torch.from_numpy(np.stack([ranker.pool_array(store.get(i)) for i in ids]))
+    assert ranker.rank(pooled, 3) == [r["items"][i] for i in ids]
+    with pytest.raises(DataError, match="ranker not found"):
+        retrieve.Ranker.load(str(tmp_path / "none.ranker.npz"))

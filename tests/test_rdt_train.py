@@ -3,12 +3,11 @@
 most-frequent-caption baseline; batch-1 = batched decoding; stage 2 (guided SCST) and a
 cascaded second-stage model through fairseq-train, decoded as a cascade."""
 import os
-import subprocess
 
 import pytest
 import torch
 
-from conftest import BIN, USER_DIR, decode_batched_and_single
+from conftest import BIN, USER_DIR, decode_batched_and_single, run_cli
 from fairseq_nar_caption.cli import distill, retrieve
 from fairseq_nar_caption.data.manifest import read_manifest
 from fairseq_nar_caption.data.toy import ToyConfig, generate
@@ -26,8 +25,7 @@ def common(data, retrieval):
 
 
 def train(data, retrieval, *args):
-    out = subprocess.run([os.path.join(BIN, "fairseq-train"), *common(data, retrieval), *args], check=True,
-                         capture_output=True, text=True, env=ONE_THREAD)
+    out = run_cli([os.path.join(BIN, "fairseq-train"), *common(data, retrieval), *args], env=ONE_THREAD)
     return out.stdout + out.stderr
 
 
@@ -57,10 +55,9 @@ def scores_of(data, hyps):
 
 
 def generate_test(data, retrieval, path, *args):
-    out = subprocess.run([os.path.join(BIN, "fairseq-generate"), str(data), "--user-dir", USER_DIR,
-                          "--task", "rdt_captioning", "--retrieval-file", str(retrieval), "--path", str(path),
-                          "--gen-subset", "test", "--batch-size", "20", "--cpu", *args],
-                         check=True, capture_output=True, text=True, env=ONE_THREAD).stdout
+    out = run_cli([os.path.join(BIN, "fairseq-generate"), str(data), "--user-dir", USER_DIR,
+                   "--task", "rdt_captioning", "--retrieval-file", str(retrieval), "--path", str(path),
+                   "--gen-subset", "test", "--batch-size", "20", "--cpu", *args], env=ONE_THREAD).stdout
     return {int(line.split("\t")[0][2:]): line.split("\t")[2] for line in out.splitlines() if line.startswith("H-")}
 
 

@@ -5,7 +5,6 @@ masking strategies, and a tiny SAIC trained through fairseq-train (initialised f
 tiny AR, hybrid distillation, curriculum) that beats the most-frequent caption."""
 import math
 import os
-import subprocess
 import sys
 from types import SimpleNamespace
 
@@ -14,10 +13,9 @@ import pytest
 import torch
 from fairseq.data import data_utils
 from fairseq.models import FairseqIncrementalDecoder
-from fairseq.sequence_generator import SequenceGenerator
 from omegaconf import OmegaConf
 
-from conftest import BIN, REPO, USER_DIR, decode_batched_and_single, make_dictionary, write_tsv
+from conftest import BIN, REPO, USER_DIR, decode_batched_and_single, make_dictionary, run_cli, write_tsv
 from fairseq_nar_caption.cli import distill
 from fairseq_nar_caption.criterions.group_mask import (GroupMaskCriterion, group_proportion, hybrid_targets,
                                                        split_batch)
@@ -26,7 +24,7 @@ from fairseq_nar_caption.data.manifest import DataError, read_manifest
 from fairseq_nar_caption.data.toy import ToyConfig, generate
 from fairseq_nar_caption.evaluation.baselines import most_frequent_caption
 from fairseq_nar_caption.evaluation.coco_metrics import coco_scores
-from fairseq_nar_caption.generators.outline_fill import OutlineFillGenerator
+from fairseq_nar_caption.generators import RuledSequenceGenerator, banned_symbols, build_caption_generator
 from fairseq_nar_caption.models.ar_caption import ARCaptionModel, CaptionModelConfig
 from fairseq_nar_caption.models.modules.rpr_attention import RelativePositionMultiheadAttention
 from fairseq_nar_caption.models.saic import (SAICConfig, SAICModel, filler_layout, filler_targets, group_mask,
@@ -211,9 +209,14 @@ SIZES = dict(embed_dim=16, ffn_embed_dim=32, attention_heads=2, encoder_layers=1
              attention_dropout=0.0, max_source_positions=16, max_target_positions=24)
 
 
-def fake_task(d, outline_beam=5, fill_beam=1):
+def fake_task(d):
     return SimpleNamespace(target_dictionary=d, feature_dim=6, tokens_per_modality=[4],
-                           cfg=SimpleNamespace(feature_files="f.h5", outline_beam=outline_beam, fill_beam=fill_beam))
+                           cfg=SimpleNamespace(feature_files="f.h5"))
+
+
+def outline_fill(d, m_out, m_fill, model, args):
+    return build_caption_generator("outline-fill", [model], d, SimpleNamespace(outline_beam=m_out, fill_beam=m_fill),
+                                   args)
 
 
 def gen_args(**kw):
@@ -270,14 +273,16 @@ def test_k1_reproduces_ar_greedy_and_beam_of_the_same_weights():
     torch.manual_seed(0)
     ar = ARCaptionModel.build_model(OmegaConf.structured(CaptionModelConfig(**SIZES)), fake_task(d)).eval()
     with torch.no_grad():  # a larger </s> embedding: random weights then end captions at varied lengths
-        ar.decoder.embed_tokens.weight[d.eos()] *= 4
+        ar.decoder.embed_tokens.weight[d.eos()] *= 6
     sa = saic_model(d, 1, rpr_noise=False)
     missing, unexpected = sa.load_state_dict(ar.state_dict(), strict=False)
     assert unexpected == ["decoder.version"] and all("rel_" in m for m in missing)
     sample = batch(6)
     for beam in (1, 5):
-        want = SequenceGenerator([ar], d, beam_size=beam, max_len_b=12).generate([ar], sample)
-        got = OutlineFillGenerator(fake_task(d, beam, 1), [sa], gen_args()).generate([sa], sample)
+        # the AR row as the task builds it: fairseq's beam search under the one vocabulary rule
+        want = RuledSequenceGenerator([ar], d, banned=banned_symbols(d), beam_size=beam,
+                                      max_len_b=12).generate([ar], sample)
+        got = outline_fill(d, beam, 1, sa, gen_args()).generate([sa], sample)
         lengths = set()
         for w, g in zip(want, got):
             assert g[0]["tokens"].tolist() == w[0]["tokens"].tolist()
@@ -290,7 +295,7 @@ def test_k1_reproduces_ar_greedy_and_beam_of_the_same_weights():
 def test_batch1_equals_batched(m_out, m_fill):
     d = dictionary()
     model = saic_model(d, 2, seed=5)
-    gen = OutlineFillGenerator(fake_task(d, m_out, m_fill), [model], gen_args())
+    gen = outline_fill(d, m_out, m_fill, model, gen_args())
     sample = batch(5, seed=2)
     batched = gen.generate([model], sample)
     for i in range(5):
@@ -304,7 +309,7 @@ def test_batch1_equals_batched(m_out, m_fill):
 def test_fill_beam_larger_than_outline_beam_is_refused():
     d = dictionary()
     with pytest.raises(ValueError, match="M_out >= M_fill"):
-        OutlineFillGenerator(fake_task(d, 2, 3), [saic_model(d, 2)], gen_args())
+        outline_fill(d, 2, 3, saic_model(d, 2), gen_args())
 
 
 # ----------------------------------------------------------------------------- Eq. 10 on a stub
@@ -378,7 +383,7 @@ def test_filler_input_layout_and_eq10_ranking_hand_worked():
 
     def run(m_fill):
         stub = StubSAIC(d, 2, OUTLINES, FILLS)
-        hyps = OutlineFillGenerator(fake_task(d, 2, m_fill), [stub], gen_args()).generate([stub], sample)[0]
+        hyps = outline_fill(d, 2, m_fill, stub, gen_args()).generate([stub], sample)[0]
         assert stub.filler_calls == 1  # one pass for all M_fill outlines of the batch
         return [(d.string(h["tokens"]), h["score"], h["positional_scores"]) for h in hyps]
 
@@ -536,8 +541,7 @@ def trained(tmp_path_factory):
     data = root / "toy" / "images"
 
     def train(*args):
-        subprocess.run([os.path.join(BIN, "fairseq-train"), str(data), *COMMON, *args], check=True,
-                       capture_output=True, text=True, env=ONE_THREAD)
+        run_cli([os.path.join(BIN, "fairseq-train"), str(data), *COMMON, *args], env=ONE_THREAD)
 
     ar = root / "ar" / "checkpoint_best.pt"
     train("--arch", "ar_caption_tiny", "--criterion", "label_smoothed_cross_entropy", "--label-smoothing", "0.1",
@@ -569,11 +573,10 @@ def test_initialised_from_the_ar_checkpoint(trained):
 
 def test_tiny_saic_beats_the_most_frequent_caption_through_fairseq_generate(trained, tmp_path):
     data, _, saic = trained
-    out = subprocess.run([os.path.join(BIN, "fairseq-generate"), str(data), "--user-dir", USER_DIR,
-                          "--task", "captioning", "--path", str(saic), "--gen-subset", "test",
-                          "--generator", "outline-fill", "--outline-beam", "5", "--fill-beam", "1",
-                          "--max-len-b", "30", "--batch-size", "20", "--cpu"],
-                         check=True, capture_output=True, text=True, env=ONE_THREAD).stdout
+    out = run_cli([os.path.join(BIN, "fairseq-generate"), str(data), "--user-dir", USER_DIR,
+                   "--task", "captioning", "--path", str(saic), "--gen-subset", "test",
+                   "--generator", "outline-fill", "--outline-beam", "5", "--fill-beam", "1",
+                   "--max-len-b", "30", "--batch-size", "20", "--cpu"], env=ONE_THREAD).stdout
     hyps = {int(line.split("\t")[0][2:]): line.split("\t")[2] for line in out.splitlines() if line.startswith("H-")}
     assert sorted(hyps) == list(range(40))
     test_rows = read_manifest(str(data / "test.tsv"))

@@ -4,7 +4,6 @@ import filecmp
 import json
 import os
 import re
-import subprocess
 import sys
 
 import h5py
@@ -13,6 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import run_cli
 from fairseq_nar_caption.cli.make_toy_data import cli_main
 from fairseq_nar_caption.data import manifest, text
 from fairseq_nar_caption.data.toy import ToyConfig, generate
@@ -63,16 +63,15 @@ def tree_files(root):
 # --------------------------------------------------------------------------- tagger and text
 def test_tagger_install_script(tmp_path):
     script = os.path.join(REPO, "scripts", "install_nltk_tagger.py")
-    first = subprocess.run([sys.executable, script, str(tmp_path)], capture_output=True, text=True, check=True)
+    first = run_cli([sys.executable, script, str(tmp_path)])
     assert "wrote" in first.stdout
-    again = subprocess.run([sys.executable, script, str(tmp_path)], capture_output=True, text=True, check=True)
+    again = run_cli([sys.executable, script, str(tmp_path)])
     assert "up to date" in again.stdout
     # nltk finds the new files first through NLTK_DATA and tags the documented sentence.
     probe = ("import nltk; print(nltk.data.find('taggers/averaged_perceptron_tagger_eng/'));"
              f"print(' '.join(w + '/' + t for w, t in nltk.pos_tag({CHECK_SENTENCE!r}.split())))")
     env = dict(os.environ, NLTK_DATA=str(tmp_path))
-    found, tagged = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True,
-                                   env=env).stdout.splitlines()
+    found, tagged = run_cli([sys.executable, "-c", probe], env=env).stdout.splitlines()
     assert found.startswith(str(tmp_path))
     assert tagged == CHECK_TAGGED
 

@@ -89,7 +89,7 @@ import base64  # noqa: E402
 import io  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
-import subprocess  # noqa: E402
+from conftest import run_cli  # noqa: E402
 import sys  # noqa: E402
 
 from PIL import Image  # noqa: E402
@@ -214,13 +214,12 @@ def test_score_vl_cli(tmp_path):
                                      "2_0\t2\tIMG\ta dog\tpremise\tneutral"])
     gen = gen_output(tmp_path / "gen.txt", ["entailment", "contradiction"])
     out = tmp_path / "s.json"
-    p = subprocess.run([sys.executable, "-m", "fairseq_nar_caption.cli.score_vl", "--task", "entailment",
-                        "--tsv", tsv, "--generate-output", gen, "--name", "ve", "--json-out", str(out)],
-                       cwd=REPO, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    p = run_cli([sys.executable, "-m", "fairseq_nar_caption.cli.score_vl", "--task", "entailment",
+                 "--tsv", tsv, "--generate-output", gen, "--name", "ve", "--json-out", str(out)],
+                check=False, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert p.returncode == 0, p.stderr
     assert p.stdout.strip() == "ve  entailment  n=2  accuracy=50.0"
     assert json.loads(out.read_text())["scores"] == {"accuracy": 0.5}
-    p = subprocess.run([sys.executable, "-m", "fairseq_nar_caption.cli.score_vl", "--task", "entailment",
-                        "--tsv", tsv, "--generate-output", str(tmp_path / "nope.txt")],
-                       cwd=REPO, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    p = run_cli([sys.executable, "-m", "fairseq_nar_caption.cli.score_vl", "--task", "entailment",
+                 "--tsv", tsv, "--generate-output", str(tmp_path / "nope.txt")], check=False, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert p.returncode != 0 and "nope.txt: fairseq-generate output not found" in p.stderr

@@ -10,17 +10,20 @@ from ..data.feature_store import MultiModalFeatures, open_feature_store
 from ..data.manifest import eval_item_ids, read_manifest
 from ..evaluation.baselines import most_frequent_caption, nearest_neighbour_captions
 from ..evaluation.coco_metrics import coco_scores
+from ..utils import atomic_write_text
+from .common import add_feature_args, run_main
 
 
 def run(data, feature_files="features.h5", key_template="{}", split="test", train_split="train",
-        metrics=("Bleu", "METEOR", "ROUGE_L", "CIDEr-D")):
+        metrics=("Bleu", "METEOR", "ROUGE_L", "CIDEr-D"), max_abs=None):
     train = read_manifest(os.path.join(data, f"{train_split}.tsv"))
     rows = read_manifest(os.path.join(data, f"{split}.tsv"))
     ids = eval_item_ids(rows)
     refs = {}
     for r in rows:
         refs.setdefault(r.item_id, []).append(r.caption)
-    feats = MultiModalFeatures([open_feature_store(p if os.path.isabs(p) else os.path.join(data, p), key_template)
+    feats = MultiModalFeatures([open_feature_store(p if os.path.isabs(p) else os.path.join(data, p), key_template,
+                                                   **({} if max_abs is None else {"max_abs": max_abs}))
                                 for p in feature_files.split(",")])
     mfc = most_frequent_caption(train)
     hyps = {"most-frequent caption": {i: mfc for i in ids},
@@ -32,27 +35,27 @@ def main(argv=None):
     """The command's work; returns its result for callers in Python."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("data")
-    p.add_argument("--feature-files", default="features.h5")
-    p.add_argument("--feature-key-template", default="{}")
+    add_feature_args(p)
     p.add_argument("--split", default="test")
     p.add_argument("--train-split", default="train")
+    p.add_argument("--metrics", nargs="+", default=["Bleu", "METEOR", "ROUGE_L", "CIDEr-D"],
+                   help="COCO metrics (leave out METEOR to skip its ~15 s JVM start); missing columns print '-'")
     p.add_argument("--json-out")
     a = p.parse_args(argv)
-    res = run(a.data, a.feature_files, a.feature_key_template, a.split, a.train_split)
+    res = run(a.data, a.feature_files, a.feature_key_template, a.split, a.train_split, a.metrics,
+              max_abs=a.feature_max_abs)
     print("| baseline | BLEU-4 | METEOR | ROUGE-L | CIDEr-D |\n|---|---|---|---|---|")
     for name, s in res.items():
-        print(f"| {name} | {100 * s['Bleu_4']:.1f} | {100 * s['METEOR']:.1f} | "
-              f"{100 * s['ROUGE_L']:.1f} | {100 * s['CIDEr-D']:.1f} |")
+        cells = [f"{100 * s[k]:.1f}" if k in s else "-" for k in ("Bleu_4", "METEOR", "ROUGE_L", "CIDEr-D")]
+        print(f"| {name} | " + " | ".join(cells) + " |")
     if a.json_out:
-        with open(a.json_out, "w") as f:
-            json.dump(res, f, indent=2)
+        atomic_write_text(a.json_out, json.dumps(res, indent=2) + "\n")
     return res
 
 
-
 def cli_main(argv=None) -> None:
-    """Console entry: returns None, so the console wrapper's sys.exit() sees success as 0."""
-    main(argv)
+    """Console entry: returns None (exit 0); a known error is one line and exit 1 (``common.run_main``)."""
+    run_main(main, argv)
 
 
 if __name__ == "__main__":

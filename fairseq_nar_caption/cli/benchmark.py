@@ -1,28 +1,46 @@
-"""Benchmark generator configurations: batch-1 latency, throughput, quality.
+"""Benchmark generator configurations in one run: quality, batch-1 latency, throughput,
+decoder passes, cost in bare forward passes, a speed–quality (Pareto) chart.
 
-    nar-caption-benchmark DATA --subset test \\
-        --row "AR beam 5=--path ckpt/checkpoint_best.pt --beam 5 --max-len-b 30" \\
-        --row "AR greedy=--path ckpt/checkpoint_best.pt --beam 1 --max-len-b 30" \\
-        --out-json bench.json --out-md bench.md
+    nar-caption-benchmark DATA --subset test --threads 1 \\
+        --row "AR beam 5=--path ar.pt --beam 5 --max-len-b 30" \\
+        --row "AR greedy=--path ar.pt --beam 1 --max-len-b 30" \\
+        --row "NARVL CTC=--path narvl.pt --generator ctc" \\
+        --out-json bench.json --out-md bench.md --out-png bench.png
 
-Each ``--row NAME=ARGS`` holds fairseq-generate arguments (so any
-``--generator`` of the captioning task can be benchmarked the same way).  The
-first row is the baseline the speed-ups are relative to.  ``--device cuda`` runs
-on GPU (synchronised timing).  Writes JSON (all numbers + environment) and a
-markdown table.
+Each ``--row NAME=ARGS`` holds fairseq-generate arguments (any ``--task``/``--generator``
+of the package).  The rows are interleaved item by item (``evaluation/latency.py``), so
+drift on a shared machine hits every row alike; latency is the median with its
+inter-quartile range over items × ``--passes``.  Quality comes from the same scorer for
+every row (BLEU-4, METEOR, CIDEr-D on the batch-1 captions) plus the rate of captions with
+an immediately repeated word and of captions with <unk> (the vocabulary rule:
+``generators.base.banned_symbols``, the same for every row).  Speed-ups are relative to
+``--baseline`` (default: the first row).  ``--length-sweep 8,16,32`` also times every row
+with its caption length forced to that many tokens (AR / outline-fill: ``--min-len`` =
+``--max-len-b``; NACF: ``--nar-min-length`` = ``--nar-max-length``; CTC and diffusion
+decode a fixed number of positions whatever the length, and are reported as such).
+``--device cuda`` (optionally ``--fp16``) times on a GPU (synchronised clock).
+Writes JSON (every number, the environment and the chart's points), markdown and a PNG.
 """
 import argparse
+import datetime
 import json
 import os
 import platform
 import re
 import shlex
+import statistics
+import sys
 
 import torch
 
 from .. import inference
+from ..evaluation.chart import chart_points, draw_pareto
 from ..evaluation.coco_metrics import coco_scores
-from ..evaluation.latency import markdown_table, measure_latency, measure_throughput, summarize
+from ..evaluation.diversity import repeat_rate, unk_rate
+from ..evaluation.latency import interleaved_latency, interleaved_throughput, markdown_table, summarize
+from ..generators.options import GeneratorError
+
+FIXED_POSITION_GENERATORS = ("ctc", "diffusion")
 
 
 def parse_row(spec: str):
@@ -34,81 +52,199 @@ def parse_row(spec: str):
     return m.group(1).strip(), shlex.split(m.group(2))
 
 
-def benchmark(data, subset, rows, device="cpu", warmup=5, max_items=None, throughput_batch=64,
-              metrics=("Bleu", "CIDEr-D")):
-    results = []
+def forced_length_args(generator: str, tokens: int):
+    """Arguments that force a caption of ``tokens`` tokens (words + </s>), or None when the
+    generator's cost does not depend on the caption length."""
+    words = tokens - 1
+    if generator in ("sequence", "outline-fill"):
+        return ["--min-len", str(words), "--max-len-a", "0", "--max-len-b", str(words)]
+    if generator in FIXED_POSITION_GENERATORS:
+        return None
+    return ["--nar-min-length", str(words), "--nar-max-length", str(words)]
+
+
+def machine_description(device: str) -> str:
+    if device == "cuda":
+        return torch.cuda.get_device_name()
+    try:
+        with open("/proc/cpuinfo") as f:
+            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+        cpu = names[0] if names else platform.processor() or platform.machine()
+    except OSError:
+        cpu = platform.processor() or platform.machine()
+    return f"{cpu}, {os.cpu_count()} cores"
+
+
+def _load_rows(data, subset, rows, device, fp16):
+    loaded, datasets = [], []
     for name, args in rows:
         if device == "cpu" and "--cpu" not in args:
             args = args + ["--cpu"]
-        loaded = inference.load(data, args, device=device)
-        loaded.task.load_dataset(subset)
-        ds = loaded.task.dataset(subset)
-        captions, times = measure_latency(loaded, ds, warmup=warmup, max_items=max_items)
-        if hasattr(loaded.task, "benchmark_scores"):  # the task scores its own outputs (vision_language)
-            scores = loaded.task.benchmark_scores(ds, captions, metrics=list(metrics))
-        else:
-            refs = {i: ds.refs[i] for i in captions}
-            scores = coco_scores(refs, captions, spice="off", metrics=list(metrics))
-        thr = measure_throughput(loaded, ds, throughput_batch, max_items) if throughput_batch else None
-        results.append({"name": name, "args": args, "latency": summarize(times), "throughput": thr,
-                        "throughput_batch": throughput_batch, "scores": scores, "n_items": len(captions)})
-        quality = ", ".join(f"{k} {100 * v:.1f}" for k, v in scores.items()
-                            if k in ("CIDEr-D", "vqa_accuracy", "accuracy", "acc@0.5")) or "CIDEr-D nan"
-        print(f"[benchmark] {name}: {results[-1]['latency']['mean_ms']:.1f} ms/item, {quality}", flush=True)
-    base = results[0]["latency"]["mean_ms"]
+        ld = inference.load(data, args, device=device, fp16=fp16)
+        ld.task.load_dataset(subset)
+        loaded.append(ld)
+        datasets.append(ld.task.dataset(subset))
+    return loaded, datasets
+
+
+def _score(loaded, ds, captions, metrics):
+    if hasattr(loaded.task, "benchmark_scores"):  # the task scores its own outputs (vision_language)
+        return loaded.task.benchmark_scores(ds, captions, metrics=list(metrics))
+    return coco_scores({i: ds.refs[i] for i in captions}, captions, spice="off", metrics=list(metrics))
+
+
+def benchmark(data, subset, rows, device="cpu", warmup=5, max_items=None, throughput_batch=64,
+              metrics=("Bleu", "METEOR", "CIDEr-D"), passes=1, baseline=None, length_sweep=(), sweep_items=30,
+              fp16=False, log=print):
+    names = [n for n, _ in rows]
+    if len(set(names)) != len(names):
+        raise GeneratorError(f"row names must be unique, got {names}")
+    base = names.index(baseline) if baseline else 0
+    log(f"[benchmark] loading {len(rows)} rows")
+    loaded, datasets = _load_rows(data, subset, rows, device, fp16)
+
+    def progress(p, i, n):
+        if (i + 1) % max(1, n // 5) == 0 or i + 1 == n:
+            log(f"[benchmark] latency pass {p + 1}/{passes}: {i + 1}/{n} items x {len(rows)} rows")
+
+    lat = interleaved_latency(loaded, datasets, passes, warmup, max_items, progress=progress)
+    thr = interleaved_throughput(loaded, datasets, throughput_batch, max_items) if throughput_batch else None
+    results = []
+    for k, ((name, args), ld, ds, res) in enumerate(zip(rows, loaded, datasets, lat)):
+        caps = res["captions"]
+        scores = _score(ld, ds, caps, metrics)
+        summary = summarize(res["times"])
+        passes_per_item = statistics.fmean(res["passes"])
+        enc, dec = statistics.median(res["enc"]) * 1000, statistics.median(res["dec"]) * 1000
+        results.append({
+            "name": name, "args": args, "generator": ld.task.cfg.generator, "n_items": len(caps),
+            "scores": scores, "repeat_rate": repeat_rate(caps.values()), "unk_rate": unk_rate(caps.values()),
+            "latency": summary, "throughput": thr[k] if thr else None, "throughput_batch": throughput_batch,
+            "decoder_passes": passes_per_item, "bare_encoder_ms": enc, "bare_decoder_ms": dec,
+            "x_bare": summary["median_ms"] / (enc + dec),
+            "overhead": summary["median_ms"] / (enc + passes_per_item * dec),
+        })
+        quality = ", ".join(f"{k2} {100 * v:.1f}" for k2, v in scores.items()
+                            if k2 in ("CIDEr-D", "vqa_accuracy", "accuracy", "acc@0.5"))
+        log(f"[benchmark] {name}: {summary['median_ms']:.1f} ms/item (median), {quality}")
+    b = results[base]["latency"]["median_ms"]
     for r in results:
-        r["speedup"] = base / r["latency"]["mean_ms"]
-    return results
+        r["speedup"] = b / r["latency"]["median_ms"]
+    sweep = _length_sweep(data, subset, rows, results, length_sweep, sweep_items, device, fp16, log) \
+        if length_sweep else None
+    return results, sweep
+
+
+def _length_sweep(data, subset, rows, results, lengths, n_items, device, fp16, log):
+    """Median batch-1 latency per row at each forced caption length (tokens incl. </s>)."""
+    combos, out = [], {r["name"]: {"generator": r["generator"], "ms": {}} for r in results}
+    for (name, args), r in zip(rows, results):
+        for L in lengths:
+            extra = forced_length_args(r["generator"], L)
+            if extra is None:
+                out[name]["fixed_positions"] = True
+                continue
+            combos.append((name, L, args + extra))
+    if combos:
+        log(f"[benchmark] length sweep {list(lengths)}: {len(combos)} forced-length configurations")
+        loaded, datasets = _load_rows(data, subset, [(f"{n} L={L}", a) for n, L, a in combos], device, fp16)
+        lat = interleaved_latency(loaded, datasets, 1, warmup=2, max_items=n_items + 2, bare=False)
+        for (name, L, _), res in zip(combos, lat):
+            out[name]["ms"][str(L)] = summarize(res["times"])["median_ms"]
+    for name, o in out.items():
+        ms = o["ms"]
+        if len(ms) >= 2:
+            first, last = ms[str(min(lengths))], ms[str(max(lengths))]
+            o["growth"] = last / first
+    return {"lengths": list(lengths), "rows": out}
+
+
+def sweep_table(sweep) -> str:
+    lengths = sweep["lengths"]
+    head = ["configuration", *(f"{L} tokens (ms)" for L in lengths), f"growth {min(lengths)}→{max(lengths)}"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, o in sweep["rows"].items():
+        if o.get("fixed_positions"):
+            vals = ["fixed positions"] * len(lengths) + ["1.00 (cost independent of length)"]
+        else:
+            vals = [f"{o['ms'][str(L)]:.1f}" for L in lengths] + [f"{o['growth']:.2f}x"]
+        lines.append("| " + " | ".join([name, *vals]) + " |")
+    return "\n".join(lines)
 
 
 def task_metric_table(rows) -> str:
     """``markdown_table`` for tasks scored by their own metrics (VQA/grounding/entailment accuracy)."""
     keys = [k for k in rows[0]["scores"] if isinstance(rows[0]["scores"][k], float)]
-    head = ["configuration", *keys, "latency ms (mean)", "median", "speed-up", "throughput items/s"]
+    head = ["configuration", *keys, "latency ms (median [IQR])", "speed-up", "decoder passes / item",
+            "x bare forward", "throughput items/s"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        vals = [r["name"], *(f"{100 * r['scores'][k]:.1f}" for k in keys), f"{r['latency']['mean_ms']:.1f}",
-                f"{r['latency']['median_ms']:.1f}", f"{r['speedup']:.2f}x",
-                f"{r['throughput']:.1f}" if r["throughput"] else "-"]
+        lat = r["latency"]
+        vals = [r["name"], *(f"{100 * r['scores'][k]:.1f}" for k in keys),
+                f"{lat['median_ms']:.1f} [{lat['q1_ms']:.1f}-{lat['q3_ms']:.1f}]", f"{r['speedup']:.2f}x",
+                f"{r['decoder_passes']:.1f}", f"{r['x_bare']:.2f}", f"{r['throughput']:.1f}" if r["throughput"] else "-"]
         lines.append("| " + " | ".join(vals) + " |")
     return "\n".join(lines)
 
 
 def main(argv=None):
-    """The command's work; returns its result for callers in Python."""
+    """The command's work; returns (rows, sweep) for callers in Python."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("data")
     p.add_argument("--subset", default="test")
     p.add_argument("--row", action="append", type=parse_row, required=True, help="NAME=fairseq-generate args")
+    p.add_argument("--baseline", help="row NAME the speed-ups are relative to (default: the first row)")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
-    p.add_argument("--warmup", type=int, default=5, help="first items decoded but not timed")
+    p.add_argument("--fp16", action="store_true", help="half precision (with --device cuda)")
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU latency: pin it, e.g. 1)")
+    p.add_argument("--warmup", type=int, default=5, help="first items of the first pass decoded but not timed")
+    p.add_argument("--passes", type=int, default=1, help="timed passes over the items (rows interleaved)")
     p.add_argument("--max-items", type=int, default=None, help="only the first N items of the split")
     p.add_argument("--throughput-batch", type=int, default=64, help="0 = skip throughput")
+    p.add_argument("--length-sweep", default="", help="comma-separated forced caption lengths in tokens, e.g. 8,16,32")
+    p.add_argument("--sweep-items", type=int, default=30, help="items per forced length")
     p.add_argument("--metrics", default="Bleu,METEOR,CIDEr-D", help="scorer metric groups")
+    p.add_argument("--title", default="", help="chart title")
     p.add_argument("--out-json")
     p.add_argument("--out-md")
+    p.add_argument("--out-png")
     a = p.parse_args(argv)
+    if a.baseline and a.baseline not in [n for n, _ in a.row]:
+        p.error(f"--baseline {a.baseline!r} is not a row name")
     if a.threads:
         torch.set_num_threads(a.threads)
-    rows = benchmark(a.data, a.subset, a.row, a.device, a.warmup, a.max_items, a.throughput_batch,
-                     a.metrics.split(","))
-    env = {"device": a.device, "threads": torch.get_num_threads(), "torch": torch.__version__,
-           "machine": platform.processor() or platform.machine(), "subset": a.subset,
-           "gpu": torch.cuda.get_device_name() if a.device == "cuda" else None}
-    table = markdown_table(rows) if any(k in rows[0]["scores"] for k in ("Bleu_4", "METEOR", "CIDEr-D")) \
-        else task_metric_table(rows)
+    lengths = [int(x) for x in a.length_sweep.split(",") if x.strip()]
+    rows, sweep = benchmark(a.data, a.subset, a.row, a.device, a.warmup, a.max_items, a.throughput_batch,
+                            a.metrics.split(","), a.passes, a.baseline, lengths, a.sweep_items, a.fp16,
+                            log=lambda m: print(m, file=sys.stderr, flush=True))
+    today = datetime.date.today().isoformat()
+    env = {"device": a.device, "fp16": a.fp16, "threads": torch.get_num_threads(), "torch": torch.__version__,
+           "machine": machine_description(a.device), "date": today, "subset": a.subset,
+           "passes": a.passes, "warmup": a.warmup, "baseline": rows[[r["name"] for r in rows].index(a.baseline)]["name"]
+           if a.baseline else rows[0]["name"],
+           "vocabulary_rule": "no row emits <s>, <pad>, <unk>, <mask>, <vis>, <blank> (generators.base.banned_symbols)"}
+    caption_scores = "CIDEr-D" in rows[0]["scores"]
+    table = markdown_table(rows) if caption_scores else task_metric_table(rows)
+    header = (f"{env['machine']}, {a.device}{' fp16' if a.fp16 else ''}, torch threads {env['threads']}, "
+              f"{today}; split {a.subset}, {rows[0]['n_items']} items, {a.passes} interleaved pass(es), "
+              f"warm-up {a.warmup}; speed-up vs {env['baseline']}; {env['vocabulary_rule']}")
     print(table)
+    if sweep:
+        print("\n" + sweep_table(sweep))
+    points = chart_points(rows) if caption_scores else None
+    if a.out_png:
+        if points is None:
+            raise GeneratorError("--out-png charts CIDEr-D: these rows have no caption scores")
+        draw_pareto(points, a.out_png, caption=f"{env['machine']} · {a.device} · threads {env['threads']} · {today}",
+                    title=a.title)
     if a.out_json:
         os.makedirs(os.path.dirname(os.path.abspath(a.out_json)), exist_ok=True)
         with open(a.out_json, "w") as f:
-            json.dump({"environment": env, "rows": rows}, f, indent=2)
+            json.dump({"environment": env, "rows": rows, "length_sweep": sweep, "chart": points}, f, indent=2)
     if a.out_md:
         with open(a.out_md, "w") as f:
-            f.write(f"Device: {a.device}, torch threads {env['threads']}, split {a.subset}, "
-                    f"warm-up {a.warmup}, throughput batch {a.throughput_batch}\n\n{table}\n")
-    return rows
-
+            f.write(header + "\n\n" + table + "\n" + ("\n" + sweep_table(sweep) + "\n" if sweep else ""))
+    return rows, sweep
 
 
 def cli_main(argv=None) -> None:

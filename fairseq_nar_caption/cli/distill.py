@@ -16,6 +16,7 @@ import os
 from .. import inference
 from ..data.manifest import CaptionRow, DataError, write_manifest
 from ..data.text import pos_tag_captions
+from .common import add_device_arg, run_main
 
 
 def distill(data, path, split="train", out_split="train_distill", batch_size=64, generate_args=(),
@@ -37,18 +38,23 @@ def distill(data, path, split="train", out_split="train_distill", batch_size=64,
     return out, captions
 
 
-def cli_main(argv=None):
+def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("data")
     p.add_argument("--path", required=True, help="AR teacher checkpoint")
     p.add_argument("--split", default="train")
     p.add_argument("--out-split", default="train_distill")
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    add_device_arg(p)
     a, extra = p.parse_known_args(argv)
     out, caps = distill(a.data, a.path, a.split, a.out_split, a.batch_size,
                         [x for x in extra if x != "--"], a.device)
     print(f"wrote {out}: {len(caps)} distilled captions")
+
+
+def cli_main(argv=None) -> None:
+    """Console entry: exit 0; a known error is one line and exit 1 (``common.run_main``)."""
+    run_main(main, argv)
 
 
 if __name__ == "__main__":

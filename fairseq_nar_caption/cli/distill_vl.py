@@ -21,6 +21,7 @@ import os
 from .. import inference
 from ..data.manifest import DataError
 from ..utils import atomic_write_text
+from .common import add_device_arg, run_main
 
 
 def distill_vl(data, path, vl_task, split="train", out_split="train_distill", batch_size=64, generate_args=(),
@@ -57,7 +58,7 @@ def distill_vl(data, path, vl_task, split="train", out_split="train_distill", ba
     return out, outputs
 
 
-def cli_main(argv=None):
+def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("data")
     p.add_argument("--path", required=True, help="AR teacher checkpoint (narvl_ar)")
@@ -65,11 +66,16 @@ def cli_main(argv=None):
     p.add_argument("--split", default="train")
     p.add_argument("--out-split", default="train_distill")
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    add_device_arg(p)
     a, extra = p.parse_known_args(argv)
     out, outs = distill_vl(a.data, a.path, a.vl_task, a.split, a.out_split, a.batch_size,
                            [x for x in extra if x != "--"], a.device)
     print(f"wrote {out}: {len(outs)} distilled targets")
+
+
+def cli_main(argv=None) -> None:
+    """Console entry: exit 0; a known error is one line and exit 1 (``common.run_main``)."""
+    run_main(main, argv)
 
 
 if __name__ == "__main__":

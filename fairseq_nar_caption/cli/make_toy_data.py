@@ -12,11 +12,11 @@ already holds the output of the same arguments (unless --force).  Layout:
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from typing import List, Optional
 
 from ..data.toy import ToyConfig, generate
+from .common import error_exit, run_main
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def cli_main(argv: Optional[List[str]] = None) -> None:
+def main(argv: Optional[List[str]] = None) -> None:
     args = build_parser().parse_args(argv)
     cfg = ToyConfig(
         seed=args.seed,
@@ -44,10 +44,15 @@ def cli_main(argv: Optional[List[str]] = None) -> None:
     start = time.time()
     try:
         written = generate(args.out, cfg, force=args.force, log=lambda msg: print(f"[make_toy_data] {msg}", flush=True))
-    except (ValueError, FileExistsError) as e:
-        sys.exit(f"make_toy_data: error: {e}")
+    except (ValueError, FileExistsError) as e:  # the toy generator's own refusals (bad sizes, a foreign folder)
+        error_exit(e)
     if written:
         print(f"[make_toy_data] done in {time.time() - start:.1f}s", flush=True)
+
+
+def cli_main(argv: Optional[List[str]] = None) -> None:
+    """Console entry: exit 0; a known error is one line and exit 1 (``common.run_main``)."""
+    run_main(main, argv)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,9 @@
 Hypotheses come either from fairseq-generate's stdout, whose sample id ``i`` is the
 ``i``-th evaluation item (``eval_item_ids`` of ``--manifest``, or else the order of
 the reference file's ``images``; the two agree for our data), or from a COCO
-results file.  Prints one table row with every score x100 (1 decimal, as papers
+results file.  The order is checked against fairseq-generate's ``T-`` lines (each
+item's first reference): references in another order are refused, never mis-scored;
+without ``T-`` lines ``--manifest`` is required.  Prints one table row with every score x100 (1 decimal, as papers
 print them; Vocab is a word count); ``--json-out`` writes the raw values.
 ``score_files`` is the same as a Python function.
 """
@@ -17,20 +19,22 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 from typing import Dict, Iterable, List, Optional
 
 from ..data.manifest import DataError, eval_item_ids, read_manifest
-from ..evaluation.coco_metrics import METRICS, MetricUnavailable, coco_scores
+from ..evaluation.coco_metrics import METRICS, coco_scores
 from ..evaluation.diversity import diversity
-from ..evaluation.references import load_coco_refs, load_coco_results, map_sample_ids, parse_generate_output
+from ..evaluation.references import (check_sample_order, load_coco_refs, load_coco_results, map_sample_ids,
+                                     parse_generate_output, parse_generate_targets)
+from ..utils import atomic_write_text
+from .common import run_main
 
 # Table columns: (result key, header); scores are printed x100 except the word count.
 _COLUMNS = [
     ("Bleu_1", "B@1"), ("Bleu_2", "B@2"), ("Bleu_3", "B@3"), ("Bleu_4", "B@4"),
     ("METEOR", "M"), ("ROUGE_L", "R"), ("CIDEr-D", "C"), ("SPICE", "S"),
     ("Novel", "Novel"), ("Unique", "Unique"), ("Vocab_words", "Vocab"), ("Vocab_usage", "Voc-u"),
-    ("Dist-2", "D@2"), ("Dist-3", "D@3"),
+    ("Dist-2", "D@2"), ("Dist-3", "D@3"), ("Repeat", "Rep"), ("Unk", "Unk"),
 ]
 _COUNTS = {"Vocab_words"}
 
@@ -81,7 +85,14 @@ def score_files(
     references = load_coco_refs(refs)
     if generate_output is not None:
         item_ids = eval_item_ids(manifest) if manifest else list(references)
-        hyps = map_sample_ids(parse_generate_output(generate_output), item_ids, source=generate_output)
+        samples = parse_generate_output(generate_output)
+        targets = parse_generate_targets(generate_output)
+        if not targets and not manifest:
+            raise DataError(f"{generate_output}: no 'T-<id>' target lines to check that the order of {refs}'s "
+                            f"images is the decoded split's: pass --manifest <split>.tsv")
+        check_sample_order(targets, item_ids, references, generate_output,
+                           manifest if manifest else f"{refs}'s images")
+        hyps = map_sample_ids(samples, item_ids, source=generate_output)
     else:
         hyps = load_coco_results(results)
 
@@ -152,24 +163,25 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def cli_main(argv: Optional[List[str]] = None) -> None:
+def main(argv: Optional[List[str]] = None) -> Dict[str, object]:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.manifest and args.results:
         parser.error("--manifest maps fairseq-generate sample ids: it needs --generate-output, not --results")
-    try:
-        result = score_files(
-            args.refs, generate_output=args.generate_output, results=args.results, manifest=args.manifest,
-            train_manifest=args.train_manifest, dict_path=args.dict_path, spice=args.spice,
-            metrics=args.metrics, name=args.name,
-        )
-    except (DataError, MetricUnavailable) as e:
-        sys.exit(f"nar-caption-score: error: {e}")
+    result = score_files(
+        args.refs, generate_output=args.generate_output, results=args.results, manifest=args.manifest,
+        train_manifest=args.train_manifest, dict_path=args.dict_path, spice=args.spice,
+        metrics=args.metrics, name=args.name,
+    )
     print(format_table(result))
     if args.json_out:
-        with open(args.json_out, "w", encoding="utf-8") as f:
-            json.dump(result, f, indent=2)
-            f.write("\n")
+        atomic_write_text(args.json_out, json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def cli_main(argv: Optional[List[str]] = None) -> None:
+    """Console entry: exit 0; a known error (DataError, MetricUnavailable) is one line and exit 1."""
+    run_main(main, argv)
 
 
 if __name__ == "__main__":

@@ -36,16 +36,16 @@ import argparse
 import json
 import logging
 import os
-import sys
 from typing import Dict, List, Optional, Sequence
 
 from ..data.boxes import dequantize_box, iou, parse_box_tokens
 from ..data.manifest import DataError
 from ..data.ofa_tsv import TASKS, find_image_file, image_size, parse_box_field, read_ofa_tsv, split_captions
-from ..evaluation.coco_metrics import METRICS, MetricUnavailable, coco_scores
+from ..evaluation.coco_metrics import METRICS, coco_scores
 from ..evaluation.references import load_coco_refs
 from ..evaluation.vl_metrics import accuracy, grounding_hits, normalize_answer, parse_ofa_answers, vqa_score
 from ..utils import atomic_write_text
+from .common import run_main
 
 
 def read_detok_hypotheses(path: str, num_rows: int) -> List[str]:
@@ -170,7 +170,7 @@ def score_vl(task: str, tsv: str, generate_output: str, image_dir: Optional[str]
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; choose from {list(TASKS)}")
     if refs and task != "caption":
-        raise ValueError("--refs applies to --task caption only")
+        raise DataError("--refs applies to --task caption only")
     rows = read_ofa_tsv(tsv, task, keep_image=(task == "grounding" and not image_dir))
     hyps = read_detok_hypotheses(generate_output, len(rows))
     if task == "caption":
@@ -209,17 +209,20 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def cli_main(argv: Optional[List[str]] = None) -> None:
+def main(argv: Optional[List[str]] = None) -> dict:
     args = build_parser().parse_args(argv)
     logging.getLogger("PIL").setLevel(logging.INFO)  # PIL's per-chunk DEBUG lines when the root logger is DEBUG
-    try:
-        result = score_vl(args.task, args.tsv, args.generate_output, image_dir=args.image_dir, refs=args.refs,
-                          num_bins=args.num_bins, metrics=args.metrics, spice=args.spice, name=args.name)
-    except (DataError, MetricUnavailable, ValueError) as e:
-        sys.exit(f"score_vl: error: {e}")
+    result = score_vl(args.task, args.tsv, args.generate_output, image_dir=args.image_dir, refs=args.refs,
+                      num_bins=args.num_bins, metrics=args.metrics, spice=args.spice, name=args.name)
     print(summary_line(result))
     if args.json_out:
         atomic_write_text(args.json_out, json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def cli_main(argv: Optional[List[str]] = None) -> None:
+    """Console entry: exit 0; a known error is one line and exit 1 (``common.run_main``)."""
+    run_main(main, argv)
 
 
 if __name__ == "__main__":

@@ -5,6 +5,8 @@
 import argparse
 
 from ..data.manifest import load_json
+from ..utils import atomic_write_text
+from .common import run_main
 from .score import markdown_table
 
 
@@ -18,15 +20,13 @@ def main(argv=None):
     table = markdown_table(results)
     print(table)
     if a.out:
-        with open(a.out, "w", encoding="utf-8") as f:
-            f.write(table + "\n")
+        atomic_write_text(a.out, table + "\n")
     return table
 
 
-
 def cli_main(argv=None) -> None:
-    """Console entry: returns None, so the console wrapper's sys.exit() sees success as 0."""
-    main(argv)
+    """Console entry: returns None (exit 0); a known error is one line and exit 1 (``common.run_main``)."""
+    run_main(main, argv)
 
 
 if __name__ == "__main__":

@@ -117,8 +117,9 @@ class RDTSCSTCriterion(FairseqCriterion):
         refs = sample["references"]
         cider = self.cider()
         if not model.training:  # the CIDEr-D of what the model decodes (the task's --diffusion-steps, Δ)
-            from ..generators.diffusion import DiffusionGenerator
-            hyps = DiffusionGenerator(self.task, [model], None).generate([model], sample)
+            from ..generators import build_caption_generator
+            gen = build_caption_generator("diffusion", [model], self.task.target_dictionary, self.task.cfg)
+            hyps = gen.generate([model], sample)
             reward = float(cider.scores([self.dictionary.string(h[0]["tokens"].cpu()) for h in hyps], refs).sum())
             return torch.zeros((), device=x0.device), bsz, {"loss": 0.0, "reward": reward, "baseline": reward,
                                                             "nsentences": bsz, "sample_size": bsz, "ntokens": bsz}

@@ -9,16 +9,22 @@ Two layouts, the ones real releases use:
 
 Both return float32 arrays shaped (N, D).  Nothing is ever substituted for a
 missing or broken item (the NACF and RDT reference loaders return zeros or random
-numbers): ``validate`` checks presence and shape of every id up front, and
-(``check="full"``) scans values for NaN/Inf; ``get`` checks values of what it
-reads in any case.  Every error names the file and the item.
+numbers): ``validate`` checks presence, shape and at least one vector of every id up
+front, and (``check="full"``) scans values for NaN/Inf and for finite values beyond
+``max_abs`` (``--feature-max-abs``, default 1e4: corrupt or unnormalised features that
+would overflow inside the model); ``get`` checks values of what it reads in any case.
+The feature dim expected of every item is the model's when given, else the one most
+items share (``majority_shape``; ``peek_shape`` too), so an odd item is named even when
+it is the file's first key.  Key templates need exactly one placeholder
+(``check_key_template``).  A truncated file or array is one error naming it.  Every
+error names the file and the item.
 """
 from __future__ import annotations
 
 import atexit
 import os
 import weakref
-from typing import Iterable, Optional, Sequence, Tuple
+from typing import Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -34,13 +40,72 @@ def format_key(template: str, item_id: str) -> str:
                 return template % int(item_id)
             except ValueError:
                 raise DataError(f"key template {template!r} needs integer ids, got item {item_id!r}")
-        return template % item_id
-    return template.format(item_id)
+            except TypeError as e:
+                raise DataError(f"--feature-key-template {template!r}: {e} (use one %d or %s, e.g. '%d_grids')")
+        try:
+            return template % item_id
+        except TypeError as e:
+            raise DataError(f"--feature-key-template {template!r}: {e} (use one %d or %s, e.g. '%d_grids')")
+    try:
+        return template.format(item_id)
+    except (IndexError, KeyError, ValueError) as e:
+        raise DataError(f"--feature-key-template {template!r}: not a template with one '{{}}' for the item id "
+                        f"({type(e).__name__}: {e}); e.g. '{{}}', '{{}}_features', '%d_grids'") from None
+
+
+def check_key_template(template: str) -> str:
+    """``template`` if it maps an id to a key with exactly one placeholder, else one DataError."""
+    import string
+
+    if "%" in template:
+        n = template.count("%d") + template.count("%s")
+        if n != 1 or template.count("%") != 1:
+            raise DataError(f"--feature-key-template {template!r}: needs exactly one %d or %s (e.g. '%d_grids')")
+        return template
+    try:
+        fields = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
+    except ValueError as e:
+        raise DataError(f"--feature-key-template {template!r}: {e}") from None
+    if fields != [""]:
+        raise DataError(f"--feature-key-template {template!r}: needs exactly one '{{}}' for the item id "
+                        f"(e.g. '{{}}', '{{}}_features'), found {len(fields)} field(s)")
+    return template
+
+
+DEFAULT_MAX_ABS = 1e4
+
+
+def check_feature_values(arr, where: str, max_abs: Optional[float] = DEFAULT_MAX_ABS) -> None:
+    """One DataError naming ``where`` for non-numeric, NaN/Inf, or (beyond ``max_abs``) absurd values
+    (the load-time check of the stores; the hub applies it to arrays it is handed)."""
+    arr = np.asarray(arr)
+    if not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
+        raise DataError(f"{where}: features of dtype {arr.dtype}, expected numbers")
+    finite = np.isfinite(arr)
+    if not finite.all():
+        raise DataError(f"{where}: {int((~finite).sum())} NaN/Inf value(s) in features")
+    if max_abs is not None and arr.size:
+        peak = float(np.abs(arr).max())
+        if peak > max_abs:
+            raise DataError(f"{where}: feature value {peak:.3g} exceeds the bound {max_abs:.3g} "
+                            f"(--feature-max-abs; raise it if such values are real)")
+
+
+def majority_shape(shapes: Sequence[Tuple[int, ...]]) -> Tuple[int, int]:
+    """The (N, D) most items share: the most common D, then the most common N among those items
+    (one odd item, even the first, cannot set what the others are compared with)."""
+    from collections import Counter
+
+    dims = Counter(s[1] for s in shapes)
+    d = dims.most_common(1)[0][0]
+    n = Counter(s[0] for s in shapes if s[1] == d).most_common(1)[0][0]
+    return n, d
 
 
 class FeatureStore:
     path: str
     key_template: str
+    max_abs: float = DEFAULT_MAX_ABS  # --feature-max-abs: finite values beyond this are refused
 
     def key(self, item_id: str) -> str:
         return format_key(self.key_template, item_id)
@@ -53,9 +118,17 @@ class FeatureStore:
     def _read(self, key: str) -> np.ndarray:
         raise NotImplementedError
 
-    def peek_shape(self) -> Tuple[int, int]:
-        """(N, D) of some stored item: lets a task size its model before loading a split."""
+    def _all_shapes(self) -> List[Tuple[int, ...]]:
+        """Shapes of the stored 2-D arrays (every one, or a large sample)."""
         raise NotImplementedError
+
+    def peek_shape(self) -> Tuple[int, int]:
+        """(N, D) most stored items have (``majority_shape``): lets a task size its model before
+        loading a split, without trusting whichever item happens to come first."""
+        shapes = [s for s in self._all_shapes() if len(s) == 2]
+        if not shapes:
+            raise DataError(f"{self.path}: holds no 2-D (N, D) feature array")
+        return majority_shape(shapes)
 
     # public API --------------------------------------------------------------
     def shape(self, item_id: str) -> Tuple[int, int]:
@@ -64,50 +137,64 @@ class FeatureStore:
             raise DataError(f"{self.path}: item {item_id}: no features under key {self.key(item_id)!r}")
         if len(shp) != 2:
             raise DataError(f"{self.path}: item {item_id}: features shaped {shp}, expected 2-D (N, D)")
+        if shp[0] == 0 or shp[1] == 0:
+            raise DataError(f"{self.path}: item {item_id}: no frames or feature vectors (features shaped {shp}); "
+                            f"every item needs at least one")
         return shp
 
     def get(self, item_id: str) -> np.ndarray:
-        self.shape(item_id)  # presence and rank, with the named error
-        arr = np.asarray(self._read(self.key(item_id)), dtype=np.float32)
+        self.shape(item_id)  # presence, rank and size, with the named error
+        arr = self._read_checked(item_id)
         self._check_values(item_id, arr)
-        return arr
+        return np.asarray(arr, dtype=np.float32)
+
+    def _read_checked(self, item_id: str) -> np.ndarray:
+        try:
+            return self._read(self.key(item_id))
+        except DataError:
+            raise
+        except (OSError, ValueError, KeyError, RuntimeError) as e:  # h5py / numpy: corrupt data
+            raise DataError(f"{self.path}: item {item_id}: cannot read the features under key "
+                            f"{self.key(item_id)!r} ({type(e).__name__}: {e}); the file may be truncated") from None
 
     def _check_values(self, item_id: str, arr: np.ndarray) -> None:
-        if not np.isfinite(arr).all():
-            bad = int((~np.isfinite(arr)).sum())
-            raise DataError(f"{self.path}: item {item_id}: {bad} NaN/Inf value(s) in features")
+        check_feature_values(arr, f"{self.path}: item {item_id}", self.max_abs)
 
     def validate(self, item_ids: Iterable[str], dim: Optional[int] = None,
                  num_tokens: Optional[int] = None, max_tokens: Optional[int] = None,
                  check: str = "full") -> Tuple[int, int]:
-        """Check every id up front; return (N, D) of the first item.
+        """Check every id up front; return (N, D) most items have.
 
-        - every id present, 2-D;
-        - D equal across items (and to ``dim`` when given);
+        - every id present, 2-D, at least one vector;
+        - D equal across items: to ``dim`` when given (the model's), else to the D most items
+          have (so the error names the odd item even when it comes first);
         - N equal to ``num_tokens`` when given, at most ``max_tokens`` when given;
-        - ``check="full"`` also reads every array and rejects NaN/Inf.
+        - ``check="full"`` also reads every array and rejects NaN/Inf and values beyond
+          ``max_abs`` (``--feature-max-abs``).
         """
         if check not in ("full", "lazy"):
             raise DataError(f"{self.path}: unknown feature check {check!r} (full|lazy)")
-        first = None
-        for item_id in item_ids:
-            n, d = self.shape(item_id)
-            if first is None:
-                first = (n, d)
-                if dim is not None and d != dim:
+        shapes = {item_id: self.shape(item_id) for item_id in item_ids}
+        if not shapes:
+            raise DataError(f"{self.path}: no items to validate")
+        majority = majority_shape(list(shapes.values()))
+        expected = dim if dim is not None else majority[1]
+        for item_id, (n, d) in shapes.items():
+            if d != expected:
+                if dim is not None:
                     raise DataError(f"{self.path}: item {item_id}: feature dim {d}, expected {dim}")
-            elif d != first[1]:
-                raise DataError(f"{self.path}: item {item_id}: feature dim {d}, other items have {first[1]}")
+                k = sum(s[1] == expected for s in shapes.values())
+                raise DataError(f"{self.path}: item {item_id}: feature dim {d}, other items have {expected} "
+                                f"({k} of {len(shapes)})")
             if num_tokens is not None and n != num_tokens:
                 raise DataError(f"{self.path}: item {item_id}: {n} feature vectors, expected {num_tokens}")
             if max_tokens is not None and n > max_tokens:
                 raise DataError(f"{self.path}: item {item_id}: {n} feature vectors, more than the "
                                 f"{max_tokens} the model accepts (--max-source-positions)")
-            if check == "full":
-                self._check_values(item_id, np.asarray(self._read(self.key(item_id))))
-        if first is None:
-            raise DataError(f"{self.path}: no items to validate")
-        return first
+        if check == "full":
+            for item_id in shapes:
+                self._check_values(item_id, self._read_checked(item_id))
+        return majority if dim is None else (majority[0], dim)
 
 
 _OPEN_HDF5: "weakref.WeakSet[HDF5FeatureStore]" = weakref.WeakSet()
@@ -126,10 +213,10 @@ def close_all_hdf5() -> None:
 
 
 class HDF5FeatureStore(FeatureStore):
-    def __init__(self, path: str, key_template: str = "{}"):
+    def __init__(self, path: str, key_template: str = "{}", max_abs: Optional[float] = DEFAULT_MAX_ABS):
         if not os.path.isfile(path):
             raise DataError(f"{path}: feature file not found")
-        self.path, self.key_template = path, key_template
+        self.path, self.key_template, self.max_abs = path, check_key_template(key_template), max_abs
         self._h5 = None
         self._pid = None
 
@@ -141,7 +228,7 @@ class HDF5FeatureStore(FeatureStore):
             try:
                 self._h5 = h5py.File(self.path, "r")
             except OSError as e:  # truncated / not HDF5
-                raise DataError(f"{self.path}: cannot be read as HDF5 ({e})") from None
+                raise DataError(f"{self.path}: cannot be read as HDF5, truncated or not an HDF5 file ({e})") from None
             self._pid = os.getpid()
             _OPEN_HDF5.add(self)
         return self._h5
@@ -157,22 +244,23 @@ class HDF5FeatureStore(FeatureStore):
 
     def _shape(self, key):
         f = self._file()
-        if key not in f:
-            return None
-        return tuple(f[key].shape)
+        try:
+            if key not in f:
+                return None
+            return tuple(f[key].shape)
+        except (OSError, KeyError, RuntimeError) as e:
+            raise DataError(f"{self.path}: key {key!r}: cannot be read ({type(e).__name__}: {e}); "
+                            f"the file may be truncated") from None
 
     def _read(self, key):
         return self._file()[key][()]
 
-    def peek_shape(self):
+    def _all_shapes(self):
         import h5py
 
         found = []
-        self._file().visititems(lambda name, obj: found.append(obj.shape) or True
-                                if isinstance(obj, h5py.Dataset) else None)
-        if not found or len(found[0]) != 2:
-            raise DataError(f"{self.path}: holds no 2-D feature dataset")
-        return tuple(found[0])
+        self._file().visititems(lambda name, obj: found.append(obj.shape) if isinstance(obj, h5py.Dataset) else None)
+        return found
 
     def __getstate__(self):  # picklable for dataloader workers
         state = dict(self.__dict__)
@@ -181,39 +269,46 @@ class HDF5FeatureStore(FeatureStore):
 
 
 class NpyFeatureStore(FeatureStore):
-    def __init__(self, path: str, key_template: str = "{}"):
+    SHAPE_SAMPLE = 2000  # peek_shape: the majority over the first files (sorted), not all of a huge folder
+
+    def __init__(self, path: str, key_template: str = "{}", max_abs: Optional[float] = DEFAULT_MAX_ABS):
         if not os.path.isdir(path):
             raise DataError(f"{path}: feature folder not found")
-        self.path, self.key_template = path, key_template
+        self.path, self.key_template, self.max_abs = path, check_key_template(key_template), max_abs
 
     def _file_of(self, key):
         return os.path.join(self.path, key + ".npy")
+
+    def _load(self, f, mmap_mode=None):
+        try:
+            return np.load(f, mmap_mode=mmap_mode, allow_pickle=False)
+        except (OSError, ValueError, EOFError) as e:
+            raise DataError(f"{f}: not a readable .npy array ({type(e).__name__}: {e}); truncated?") from None
 
     def _shape(self, key):
         f = self._file_of(key)
         if not os.path.isfile(f):
             return None
-        return tuple(np.load(f, mmap_mode="r").shape)
+        return tuple(self._load(f, mmap_mode="r").shape)
 
     def _read(self, key):
-        return np.load(self._file_of(key))
+        return self._load(self._file_of(key))
 
-    def peek_shape(self):
+    def _all_shapes(self):
         names = sorted(f for f in os.listdir(self.path) if f.endswith(".npy"))
         if not names:
             raise DataError(f"{self.path}: folder holds no .npy features")
-        shp = np.load(os.path.join(self.path, names[0]), mmap_mode="r").shape
-        if len(shp) != 2:
-            raise DataError(f"{self.path}: {names[0]} is shaped {shp}, expected 2-D (N, D)")
-        return tuple(shp)
+        return [self._load(os.path.join(self.path, n), mmap_mode="r").shape for n in names[: self.SHAPE_SAMPLE]]
 
 
-def open_feature_store(path: str, key_template: str = "{}") -> FeatureStore:
-    """``*.h5``/``*.hdf5``/``*.hdf`` → HDF5 store; a folder → ``.npy`` store."""
+def open_feature_store(path: str, key_template: str = "{}",
+                       max_abs: Optional[float] = DEFAULT_MAX_ABS) -> FeatureStore:
+    """``*.h5``/``*.hdf5``/``*.hdf`` → HDF5 store; a folder → ``.npy`` store.  ``max_abs``
+    (``--feature-max-abs``): finite feature values beyond it are refused as corrupt; None: no bound."""
     if os.path.isdir(path):
-        return NpyFeatureStore(path, key_template)
+        return NpyFeatureStore(path, key_template, max_abs)
     if path.endswith((".h5", ".hdf5", ".hdf")):
-        return HDF5FeatureStore(path, key_template)
+        return HDF5FeatureStore(path, key_template, max_abs)
     raise DataError(f"{path}: not a feature store (expected an .h5/.hdf5 file or a folder of .npy)")
 
 

@@ -18,11 +18,15 @@ so fairseq-generate's sample id ``i`` is ``eval_item_ids(manifest)[i]``.
 from __future__ import annotations
 
 import csv
+import io
+import logging
 import os
 from dataclasses import dataclass
 from typing import Iterable, List, Optional
 
 from ..utils import atomic_write_text
+
+logger = logging.getLogger(__name__)
 
 REQUIRED = ("item_id", "caption")
 OPTIONAL = ("pos", "category")
@@ -59,7 +63,17 @@ def read_manifest(path: str) -> List[CaptionRow]:
     if not os.path.exists(path):
         raise DataError(f"{path}: manifest not found")
     rows: List[CaptionRow] = []
-    with open(path, encoding="utf-8", newline="") as f:
+    with open(path, "rb") as fb:
+        raw = fb.read()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        lineno = raw[: e.start].count(b"\n") + 1
+        raise DataError(f"{path}:{lineno}: not UTF-8 text (byte {raw[e.start]:#04x} at offset {e.start}); "
+                        f"re-encode the manifest as UTF-8") from None
+    first_line = {}
+    duplicates = []
+    with io.StringIO(text, newline="") as f:
         reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
         try:
             header = next(reader)
@@ -94,8 +108,17 @@ def read_manifest(path: str) -> List[CaptionRow]:
                 except ValueError:
                     raise DataError(f"{path}:{lineno}: item {item}: category {rec[col['category']]!r} is not an integer")
             rows.append(CaptionRow(item, cap, pos, cat))
+            if (item, cap) in first_line:
+                duplicates.append((lineno, item, first_line[item, cap]))
+            else:
+                first_line[item, cap] = lineno
     if not rows:
         raise DataError(f"{path}: manifest has no rows")
+    if duplicates:
+        # Kept (several annotators may write the same caption: each is a reference), but never silently.
+        lineno, item, first = duplicates[0]
+        logger.warning(f"{path}:{lineno}: item {item}: caption repeats line {first} "
+                       f"({len(duplicates)} repeated (item, caption) row(s) in all; each counts as a reference)")
     return rows
 
 

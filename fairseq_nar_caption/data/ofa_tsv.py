@@ -75,8 +75,9 @@ REQUIRED: Dict[str, Tuple[str, ...]] = {
     "entailment": ("uniq_id", "image_id", "hypothesis", "label"),
 }
 # header names of other files -> canonical names
-ALIASES = {"question_id": "uniq_id", "item_id": "image_id", "region": "box", "region_coord": "box",
+ALIASES = {"question_id": "uniq_id", "item_id": "image_id", "uniq-id": "uniq_id", "image-id": "image_id", "region": "box", "region_coord": "box",
            "sentence": "text", "caption_text": "caption"}
+# The one list of entailment labels (the task's targets, the scorer's, the toy data's, in this order).
 ENTAILMENT_LABELS = ("entailment", "neutral", "contradiction")
 CAPTION_SEP = "&&"
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")

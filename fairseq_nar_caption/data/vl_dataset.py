@@ -1,7 +1,7 @@
 """Vision-language examples in OFA's TSV formats (ANCHORS.md §3), for ``tasks/vision_language.py``.
 
-Columns (tab-separated, no header; a first line starting with ``uniq_id`` or
-``uniq-id`` is taken as a header and skipped):
+Columns (tab-separated; read by ``data/ofa_tsv.py``, the one reader of these files, which
+also accepts a header line naming the columns):
 
 | task | columns |
 | --- | --- |
@@ -14,7 +14,11 @@ Columns (tab-separated, no header; a first line starting with ``uniq_id`` or
 resolved as ``<image-dir>/<id>.png`` (or .jpg) — the toy benchmark's layout.
 
 Rows stay in file order: sample id i = i-th data row (what ``cli/score_vl.py`` expects).
-Every bad row stops at load time with one message naming the file and the line.
+Every bad row stops at load time with one message naming the file and the line; VQA
+answers are parsed by the scorer's own ``evaluation.vl_metrics.parse_ofa_answers``.
+Images are checked at load time too (``image_check``, the task's ``--image-check``):
+``full`` decodes every image once; ``lazy`` only checks that each file exists (or that
+each base64 string carries an image header) and decodes when a row is read.
 """
 import base64
 import copy
@@ -28,13 +32,12 @@ import torch
 from fairseq.data import FairseqDataset, data_utils
 from PIL import Image
 
+from ..evaluation.vl_metrics import parse_ofa_answers
 from .caption_dataset import SourceTargetSizes
 from .manifest import DataError
+from .ofa_tsv import ENTAILMENT_LABELS, OFA_COLUMNS, image_size, iter_ofa_tsv, parse_box_field, split_captions
 
-COLUMNS = {"caption": 5, "vqa": 6, "grounding": 5, "entailment": 6}
-# The target is the label word itself (OFA answers yes/no/maybe): cli/score_vl.py compares the
-# decoded text with the TSV's label column.
-ENTAILMENT_LABELS = ("entailment", "contradiction", "neutral")
+IMAGE_CHECKS = ("full", "lazy")
 
 
 def prompt_for(task: str, text: str, premise: str = "") -> str:
@@ -49,23 +52,6 @@ def prompt_for(task: str, text: str, premise: str = "") -> str:
     if premise:
         return f' can image and text1 " {premise.strip()} " imply text2 " {text} "?'
     return f' does the image describe " {text} "?'
-
-
-def parse_answers(field: str, where: str) -> Dict[str, float]:
-    """VQA ``conf|!+answer&&conf|!+answer`` → {answer: confidence}."""
-    out = {}
-    for part in field.split("&&"):
-        if "|!+" not in part:
-            raise DataError(f"{where}: answer {part!r} is not 'confidence|!+answer'")
-        conf, ans = part.split("|!+", 1)
-        try:
-            c = float(conf)
-        except ValueError:
-            raise DataError(f"{where}: confidence {conf!r} is not a number") from None
-        if not ans.strip():
-            raise DataError(f"{where}: empty answer")
-        out[ans.strip()] = max(c, out.get(ans.strip(), 0.0))
-    return out
 
 
 @dataclass
@@ -111,6 +97,27 @@ class ImageLoader:
         except Exception as e:
             raise DataError(f"{where}: cannot decode the image ({type(e).__name__}: {e})") from None
 
+    def check(self, image: str, where: str, full: bool = True):
+        """(width, height) of the image, with one DataError naming ``where`` when it cannot be used.
+        ``full``: decode it entirely (a truncated or corrupt image fails here, at load time);
+        otherwise read only the file's presence / the image header."""
+        if full:
+            with self.open(image, where) as img:
+                return img.size
+        if self.image_dir:
+            p = self.path(image)
+            if p is None:
+                raise DataError(f"{where}: image {image!r} not found in {self.image_dir} (.png/.jpg)")
+            try:
+                with Image.open(p) as im:
+                    return im.size
+            except Exception as e:
+                raise DataError(f"{where}: cannot read the image {p} ({type(e).__name__}: {e})") from None
+        try:
+            return image_size(image)
+        except ValueError as e:
+            raise DataError(f"{where}: image column: {e}") from None
+
     def tensor(self, img: Image.Image) -> torch.Tensor:
         if img.size != (self.size, self.size):
             img = img.resize((self.size, self.size), Image.BICUBIC)
@@ -119,53 +126,47 @@ class ImageLoader:
 
 
 def read_vl_tsv(path: str, task: str, training: bool) -> List[VLRow]:
+    """The rows of a VL split (``ofa_tsv.iter_ofa_tsv``) as examples of ``task``."""
     if not os.path.isfile(path):
         raise DataError(f"{path}: split file not found")
-    n_cols = COLUMNS[task]
     rows = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            line = line.rstrip("\n")
-            if lineno == 1 and (line.startswith("uniq_id") or line.startswith("uniq-id")):
-                continue
-            if not line.strip():
-                raise DataError(f"{path}:{lineno}: empty line")
-            c = line.split("\t")
-            where = f"{path}:{lineno} (id {c[0]})"
-            if len(c) != n_cols:
-                raise DataError(f"{where}: {len(c)} columns, a {task} TSV has {n_cols}")
-            if task == "caption":
-                refs = [r.strip() for r in c[2].split("&&") if r.strip()]
-                if not refs:
-                    raise DataError(f"{where}: empty caption")
-                rows.append(VLRow(c[0], c[1], c[4], prompt_for(task, ""), refs[0], references=refs))
-            elif task == "vqa":
-                if not c[2].strip():
-                    raise DataError(f"{where}: empty question")
-                if not c[3].strip() and not training:  # e.g. VQAv2 test-dev: no answers to score against
-                    ans, best = {}, ""
-                else:
-                    ans = parse_answers(c[3], where)
-                    best = max(ans.items(), key=lambda kv: kv[1])[0]  # training target: the most confident answer
-                rows.append(VLRow(c[0], c[1], c[5], prompt_for(task, c[2]), best, answers=ans))
-            elif task == "grounding":
-                try:
-                    box = [float(v) for v in c[3].split(",")]
-                except ValueError:
-                    box = []
-                if len(box) != 4 or not (box[0] < box[2] and box[1] < box[3]):
-                    raise DataError(f"{where}: box {c[3]!r} is not 'x0,y0,x1,y1' with x0<x1, y0<y1")
-                if not c[2].strip():
-                    raise DataError(f"{where}: empty referring expression")
-                rows.append(VLRow(c[0], c[1], c[4], prompt_for(task, c[2]), "", box=box))
+    for row in iter_ofa_tsv(path, task):
+        where = f"{path}:{row['line']} (id {row.get('uniq_id', row.get('image_id'))})"
+        uniq = row.get("uniq_id") or f"{row['image_id']}_{row['row']}"
+        image = row.get("image") or row["image_id"]  # no image column: the id names a file in --image-dir
+        if task == "caption":
+            refs = split_captions(row["caption"])
+            if not refs:
+                raise DataError(f"{where}: empty caption")
+            vl = VLRow(uniq, row["image_id"], image, prompt_for(task, ""), refs[0], references=refs)
+        elif task == "vqa":
+            field = row.get("answers", "")
+            if not field.strip() and not training:  # e.g. VQAv2 test-dev: no answers to score against
+                ans, best = {}, ""
             else:
-                label = c[5].strip()
-                if label not in ENTAILMENT_LABELS:
-                    raise DataError(f"{where}: label {label!r} is not one of {list(ENTAILMENT_LABELS)}")
-                rows.append(VLRow(c[0], c[1], c[2], prompt_for(task, c[3], c[4]), label, label=label))
-            rows[-1].columns = c
-    if not rows:
-        raise DataError(f"{path}: no rows")
+                try:
+                    ans = parse_ofa_answers(field)
+                except ValueError as e:
+                    raise DataError(f"{where}: {e}") from None
+                best = max(ans.items(), key=lambda kv: kv[1])[0]  # training target: the most confident answer
+            vl = VLRow(uniq, row["image_id"], image, prompt_for(task, row["question"]), best, answers=ans)
+        elif task == "grounding":
+            try:
+                box = parse_box_field(row["box"])
+            except ValueError as e:
+                raise DataError(f"{where}: {e}") from None
+            if not (box[0] < box[2] and box[1] < box[3]):
+                raise DataError(f"{where}: box {row['box']!r} is not 'x0,y0,x1,y1' with x0<x1, y0<y1")
+            vl = VLRow(uniq, row["image_id"], image, prompt_for(task, row["text"]), "", box=box)
+        else:
+            label = row["label"].strip()
+            if label not in ENTAILMENT_LABELS:
+                raise DataError(f"{where}: label {label!r} is not one of {list(ENTAILMENT_LABELS)}")
+            vl = VLRow(uniq, row["image_id"], image, prompt_for(task, row["hypothesis"], row.get("premise", "")),
+                       label, label=label)
+        # the OFA layout in full (distillation rewrites fields by position), absent columns empty
+        vl.columns = [row.get(c, image if c == "image" else "") for c in OFA_COLUMNS[task]]
+        rows.append(vl)
     return rows
 
 
@@ -176,7 +177,9 @@ class VLDataset(SourceTargetSizes, FairseqDataset):
 
     def __init__(self, rows: List[VLRow], path: str, task_name: str, images: ImageLoader, dictionary,
                  encode, box_tokens=None, max_target_positions: int = 32, max_text_positions: int = 128,
-                 shuffle: bool = False, min_positions=None, check_images: bool = True):
+                 shuffle: bool = False, min_positions=None, image_check: str = "full"):
+        if image_check not in IMAGE_CHECKS:
+            raise DataError(f"{path}: unknown image check {image_check!r} (full|lazy)")
         self.rows, self.path, self.task_name, self.images = rows, path, task_name, images
         self.dictionary, self.shuffle = dictionary, shuffle
         bos, eos = dictionary.bos(), dictionary.eos()
@@ -187,17 +190,7 @@ class VLDataset(SourceTargetSizes, FairseqDataset):
             if len(src) + 2 > max_text_positions:
                 raise DataError(f"{where}: prompt of {len(src) + 2} tokens exceeds {max_text_positions} text positions")
             self.sources.append(torch.cat([torch.LongTensor([bos]), src, torch.LongTensor([eos])]))
-            if task_name == "grounding" or check_images:
-                if images.image_dir:
-                    p = images.path(r.image)
-                    if p is None:
-                        raise DataError(f"{where}: image {r.image!r} not found in {images.image_dir} (.png/.jpg)")
-                    with Image.open(p) as im:
-                        size = im.size
-                else:
-                    size = self.images.open(r.image, where).size if task_name == "grounding" else None
-            else:
-                size = None
+            size = images.check(r.image, where, full=(image_check == "full"))
             self.image_sizes.append(size)
             if task_name == "grounding":
                 w, h = size

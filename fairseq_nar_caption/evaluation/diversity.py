@@ -46,6 +46,19 @@ def distinct_n(captions: Iterable[Tuple[str, ...]], n: int) -> float:
     return len(set(ngrams)) / len(ngrams) if ngrams else 0.0
 
 
+def repeat_rate(hyps: Iterable[str]) -> float:
+    """Fraction of captions with an immediately repeated word ("a dog dog runs"): the
+    classic failure of non-autoregressive decoders (0.0 for no captions)."""
+    caps = [caption_words(c) for c in hyps]
+    return sum(any(a == b for a, b in zip(c, c[1:])) for c in caps) / len(caps) if caps else 0.0
+
+
+def unk_rate(hyps: Iterable[str]) -> float:
+    """Fraction of captions containing ``<unk>`` (the vocabulary rule forbids it)."""
+    caps = list(hyps)
+    return sum("<unk>" in c.split() for c in caps) / len(caps) if caps else 0.0
+
+
 def diversity(
     hyps: Mapping[object, str],
     train_captions: Optional[Iterable[str]] = None,
@@ -64,7 +77,9 @@ def diversity(
         ``Unique``: distinct generated captions / generated captions;
         ``Vocab_words``: the number of distinct words used (an int);
         ``Vocab_usage``: ``Vocab_words / vocab_size``;
-        ``Dist-2``, ``Dist-3``: corpus-level distinct-n (see the module docstring).
+        ``Dist-2``, ``Dist-3``: corpus-level distinct-n (see the module docstring);
+        ``Repeat``: captions with an immediately repeated word (``repeat_rate``);
+        ``Unk``: captions containing <unk> (``unk_rate``).
     """
     if not hyps:
         raise ValueError("diversity: no generated captions")
@@ -85,4 +100,6 @@ def diversity(
         "Vocab_usage": vocab_words / vocab_size if vocab_size is not None else None,
         "Dist-2": distinct_n(captions, 2),
         "Dist-3": distinct_n(captions, 3),
+        "Repeat": repeat_rate(hyps.values()),
+        "Unk": unk_rate(hyps.values()),
     }

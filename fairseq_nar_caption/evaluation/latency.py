@@ -1,17 +1,30 @@
-"""Latency and throughput of a generator configuration, honestly measured.
+"""Latency, throughput and decoder passes of generator configurations, honestly measured.
 
-- Latency: batch 1 over the eval split, in dataset order; the clock covers the
-  whole ``task.inference_step`` (encoder included, as DESIGN.md asks), not data
-  loading; the first ``warmup`` items are decoded but not timed;
-  ``torch.cuda.synchronize()`` before reading the clock on GPU.
-- Throughput: items/s decoding the split at a large batch, after one untimed batch.
-- Quality: the batch-1 captions are scored with the package scorer, so one row
-  of the table is one point of the speed–quality chart.
-Speed-ups are ratios to the first row measured in the same run (the AR baseline).
+Every configuration ("row") is loaded first; then the rows are **interleaved**: for each
+pass and each item, every row decodes that item at batch 1, in an order rotated per item
+(row r first at item r, …), so drift on a shared machine (another job, thermal state,
+caches) hits every row alike.  Per row:
+
+- latency: per item, the whole ``task.inference_step`` (encoder included, as DESIGN.md
+  asks), not data loading; the first ``warmup`` items of the first pass are decoded but
+  not timed; ``torch.cuda.synchronize()`` before reading the clock on GPU; summarised
+  as the median and the inter-quartile range over items × passes;
+- decoder passes per item: calls of the decoders' output projections (every decoder of
+  the package ends in one: one call = one batched decoder pass), counted in the first
+  pass, teacher passes included;
+- bare forward: right after the row decodes an item, one encoder pass and one decoder pass
+  of the same network (``model.bare_decoder_pass`` over the row's output length) are timed
+  separately; ``x_bare`` = latency / (encoder + one decoder pass) is the row's cost in
+  units of the physical floor of non-autoregressive decoding, and ``overhead`` = latency /
+  (encoder + passes × decoder pass) what the generator costs beyond its passes;
+- throughput: items/s decoding the split at a large batch, the batches interleaved over
+  the rows the same way, after one untimed batch per row.
+
+Speed-ups are ratios to the baseline row measured in the same run.
 """
 import statistics
 import time
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence
 
 import torch
 
@@ -23,58 +36,141 @@ def _sync(device: torch.device):
         torch.cuda.synchronize(device)
 
 
-def measure_latency(loaded: "inference.Loaded", dataset, warmup: int = 5,
-                    max_items: Optional[int] = None):
-    """Returns (captions by item id, per-item seconds of the timed items)."""
-    captions, times = {}, []
-    for i, sample in enumerate(inference.batches(dataset, 1, max_items)):
-        sample = inference.to_device(sample, loaded.device)
-        _sync(loaded.device)
-        t0 = time.perf_counter()
-        caps = inference.decode_batch(loaded, sample)
-        _sync(loaded.device)
-        dt = time.perf_counter() - t0
-        if i >= warmup:
-            times.append(dt)
-        captions[sample["item_ids"][0]] = caps[0]
-    if not times:
-        raise ValueError(f"no timed items: the split has {len(captions)} items and --warmup is {warmup}")
-    return captions, times
+def rotated(n: int, k: int) -> List[int]:
+    """Row indices 0..n-1 starting at k mod n (the interleaving order at item k)."""
+    return [(k + j) % n for j in range(n)]
 
 
-def measure_throughput(loaded: "inference.Loaded", dataset, batch_size: int,
-                       max_items: Optional[int] = None) -> float:
-    """Items per second at ``batch_size`` (one untimed warm-up batch first)."""
-    batches = [inference.to_device(b, loaded.device) for b in inference.batches(dataset, batch_size, max_items)]
-    inference.decode_batch(loaded, batches[0])
-    _sync(loaded.device)
+class PassCounter:
+    """Counts batched decoder passes: forward calls of every ``output_projection`` reachable
+    from the row's models and generator (a NACF teacher, SAIC's beam-search wrapper …)."""
+
+    def __init__(self, loaded: "inference.Loaded"):
+        roots = list(loaded.models) + [v for v in vars(loaded.generator).values() if isinstance(v, torch.nn.Module)]
+        seen, self.handles, self.count = set(), [], 0
+        for root in roots:
+            for name, mod in root.named_modules():
+                if name.split(".")[-1] == "output_projection" and id(mod) not in seen:
+                    seen.add(id(mod))
+                    self.handles.append(mod.register_forward_hook(self._hook))
+        if not self.handles:
+            raise ValueError(f"{type(loaded.models[0]).__name__}: no decoder output_projection to count passes on")
+
+    def _hook(self, *unused):
+        self.count += 1
+
+    def close(self):
+        for h in self.handles:
+            h.remove()
+
+
+def _timed(fn, device):
+    _sync(device)
     t0 = time.perf_counter()
-    n = 0
-    for b in batches:
-        inference.decode_batch(loaded, b)
-        n += b["nsentences"]
-    _sync(loaded.device)
-    return n / (time.perf_counter() - t0)
+    out = fn()
+    _sync(device)
+    return out, time.perf_counter() - t0
+
+
+@torch.no_grad()
+def bare_forward(loaded: "inference.Loaded", sample: dict, length: int):
+    """(seconds of one encoder pass, seconds of one decoder pass over ``length`` positions)."""
+    model = loaded.models[0]
+    enc, t_enc = _timed(lambda: model.forward_encoder(sample["net_input"]), loaded.device)
+    _, t_dec = _timed(lambda: model.bare_decoder_pass(enc, length), loaded.device)
+    return t_enc, t_dec
+
+
+def interleaved_latency(rows: Sequence["inference.Loaded"], datasets: Sequence, passes: int = 1,
+                        warmup: int = 5, max_items: Optional[int] = None, bare: bool = True,
+                        progress=None) -> List[dict]:
+    """Batch-1 decoding of the same items by every row, interleaved (module docstring).
+    Returns per row: captions (item id → caption, first pass), per-item seconds, decoder
+    passes per item, and the bare encoder / decoder seconds."""
+    n_rows = len(rows)
+    n_items = min(len(ds) for ds in datasets)
+    if max_items:
+        n_items = min(n_items, max_items)
+    if n_items <= warmup:
+        raise ValueError(f"no timed items: {n_items} items and --warmup {warmup}")
+    out = [{"captions": {}, "times": [], "passes": [], "enc": [], "dec": []} for _ in rows]
+    counters = [PassCounter(r) for r in rows]
+    samples = [[None] * n_items for _ in rows]
+    try:
+        for p in range(passes):
+            for i in range(n_items):
+                for r in rotated(n_rows, i + p):
+                    loaded, res = rows[r], out[r]
+                    if samples[r][i] is None:
+                        ds = datasets[r]
+                        samples[r][i] = inference.to_device(ds.collater([ds[i]]), loaded.device, loaded.fp16)
+                    sample = samples[r][i]
+                    before = counters[r].count
+                    caps, dt = _timed(lambda: inference.decode_batch(loaded, sample), loaded.device)
+                    if p == 0:
+                        res["captions"][sample["item_ids"][0]] = caps[0]
+                        res["passes"].append(counters[r].count - before)
+                    if p > 0 or i >= warmup:
+                        res["times"].append(dt)
+                        if bare:
+                            t_enc, t_dec = bare_forward(loaded, sample, len(caps[0].split()) + 1)
+                            res["enc"].append(t_enc)
+                            res["dec"].append(t_dec)
+                if progress is not None:
+                    progress(p, i, n_items)
+    finally:
+        for c in counters:
+            c.close()
+    return out
+
+
+def interleaved_throughput(rows: Sequence["inference.Loaded"], datasets: Sequence, batch_size: int,
+                           max_items: Optional[int] = None) -> List[float]:
+    """Items per second of every row at ``batch_size``, batches interleaved over the rows."""
+    n_items = min(len(ds) for ds in datasets)
+    if max_items:
+        n_items = min(n_items, max_items)
+    batches = [[inference.to_device(b, r.device, r.fp16) for b in inference.batches(ds, batch_size, n_items)]
+               for r, ds in zip(rows, datasets)]
+    for r, bs in zip(rows, batches):  # one untimed batch per row
+        inference.decode_batch(r, bs[0])
+    seconds = [0.0] * len(rows)
+    for k in range(len(batches[0])):
+        for r in rotated(len(rows), k):
+            _, dt = _timed(lambda: inference.decode_batch(rows[r], batches[r][k]), rows[r].device)
+            seconds[r] += dt
+    return [n_items / s for s in seconds]
 
 
 def summarize(times: List[float]) -> Dict[str, float]:
+    """Median, quartiles, mean and p90 (ms) of per-item seconds."""
     ms = sorted(t * 1000 for t in times)
+    q = statistics.quantiles(ms, n=4) if len(ms) > 1 else [ms[0]] * 3
     return {
-        "mean_ms": statistics.fmean(ms),
         "median_ms": statistics.median(ms),
+        "q1_ms": q[0],
+        "q3_ms": q[2],
+        "iqr_ms": q[2] - q[0],
+        "mean_ms": statistics.fmean(ms),
         "p90_ms": ms[min(len(ms) - 1, int(0.9 * len(ms)))],
         "timed_items": len(ms),
     }
 
 
 def markdown_table(rows: List[dict]) -> str:
-    """One line per configuration; speed-up = first row's mean latency / this row's."""
+    """One line per configuration (``cli/benchmark.py`` fills the fields)."""
     metric_keys = [k for k in ("Bleu_4", "METEOR", "CIDEr-D") if k in rows[0]["scores"]]
-    head = ["configuration", *metric_keys, "latency ms (mean)", "median", "speed-up", "throughput items/s"]
+    head = ["configuration", *metric_keys, "repeat %", "latency ms (median [IQR])", "speed-up",
+            "decoder passes / item", "x bare forward", "overhead", "throughput items/s"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
+        lat = r["latency"]
         vals = [r["name"], *(f"{100 * r['scores'][k]:.1f}" for k in metric_keys),
-                f"{r['latency']['mean_ms']:.1f}", f"{r['latency']['median_ms']:.1f}",
-                f"{r['speedup']:.2f}x", f"{r['throughput']:.1f}" if r["throughput"] else "-"]
+                f"{100 * r['repeat_rate']:.1f}",
+                f"{lat['median_ms']:.1f} [{lat['q1_ms']:.1f}-{lat['q3_ms']:.1f}]",
+                f"{r['speedup']:.2f}x", f"{r['decoder_passes']:.1f}",
+                f"{r['x_bare']:.2f}" if r.get("x_bare") else "-",
+                f"{r['overhead']:.2f}" if r.get("overhead") else "-",
+                f"{r['throughput']:.1f}" if r.get("throughput") else "-"]
         lines.append("| " + " | ".join(vals) + " |")
     return "\n".join(lines)

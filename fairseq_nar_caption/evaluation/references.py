@@ -6,7 +6,10 @@
 - ``load_coco_results``: a COCO results file (``[{"image_id", "caption"}, ...]``).
 - ``parse_generate_output``: fairseq-generate's stdout -> ``{sample_id: caption}``;
   ``map_sample_ids`` turns sample ids into item ids (sample ``i`` is the ``i``-th
-  item of the evaluation order, see ``data.manifest.eval_item_ids``).
+  item of the evaluation order, see ``data.manifest.eval_item_ids``);
+  ``parse_generate_targets`` reads its ``T-<id>`` lines (each item's first reference, as
+  the task saw it) and ``check_sample_order`` refuses an evaluation order under which
+  those targets are not the items' references (a references file in another order).
 
 All ids are returned as strings (except fairseq's integer sample ids).  Bad input
 raises ``DataError`` naming the file and the line or entry.
@@ -125,3 +128,38 @@ def map_sample_ids(samples: Dict[int, str], item_ids: Sequence[str], source: str
             f"e.g. {out_of_range[:5]} (wrong manifest or reference file?)"
         )
     return {item_ids[s]: samples[s] for s in sorted(samples)}
+
+
+def parse_generate_targets(path: Union[str, os.PathLike]) -> Dict[int, str]:
+    """The ``T-<sample_id>\t<target>`` lines of fairseq-generate's stdout (may be none)."""
+    out: Dict[int, str] = {}
+    with open(os.fspath(path), encoding="utf-8") as f:
+        for line in f:
+            if line.startswith("T-"):
+                head, _, text = line.rstrip("\r\n").partition("\t")
+                try:
+                    out.setdefault(int(head[2:]), text)
+                except ValueError:
+                    continue
+    return out
+
+
+def _same_caption(target: str, reference: str) -> bool:
+    """A decoded target equals a reference word for word; ``<unk>`` (printed ``<<unk>>``) matches any word."""
+    t, r = target.lower().split(), reference.lower().split()
+    return len(t) == len(r) and all(a == b or a in ("<unk>", "<<unk>>") for a, b in zip(t, r))
+
+
+def check_sample_order(targets: Dict[int, str], item_ids: Sequence[str], references: Dict[str, List[str]],
+                       source: str, order_from: str) -> None:
+    """Refuse an evaluation order under which fairseq-generate's targets are not the references of
+    the items their sample ids map to: the hypotheses would be scored against other images."""
+    wrong = [(s, t) for s, t in sorted(targets.items())
+             if 0 <= s < len(item_ids) and item_ids[s] in references
+             and not any(_same_caption(t, r) for r in references[item_ids[s]])]
+    if wrong:
+        s, t = wrong[0]
+        raise DataError(
+            f"{source}: sample {s}'s target {t!r} is not a reference of item {item_ids[s]}, the {s}-th item of "
+            f"{order_from} ({len(wrong)} of {len(targets)} samples disagree): the references are in another order "
+            f"than the decoded split; pass --manifest <split>.tsv of the decoded split")

@@ -1,6 +1,6 @@
 """NARVL decoding (Section 3): one decoder pass over the N queries, then CTC collapse.
 
-``--generator ctc`` (the vision_language task's options):
+``--generator ctc`` (options: ``options.CTCOptions``):
 
 - greedy (default, ``--ctc-beam 1``): argmax per query, then B: merge adjacent repeats,
   drop ``<blank>`` (``collapse``).  Batched: one encoder pass and one decoder pass per
@@ -14,8 +14,8 @@
   ``data.boxes.decode_box_ctc`` over the bin symbols (robust to CTC merging equal
   neighbours and to non-bin argmaxes).
 
-Symbols that are never output: <s>, <pad>, </s>, <unk>, <mask>, <vis> (and <blank>, by
-the collapse).  Hypotheses end with </s> like fairseq's.
+Symbols that are never output: the banned symbols of ``base.banned_symbols`` and </s>
+(appended), <blank> by the collapse.  Hypotheses end with </s> like fairseq's.
 """
 import math
 from typing import Dict, List
@@ -24,6 +24,8 @@ import torch
 from torch import Tensor
 
 from . import register_generator
+from .base import CaptionGenerator
+from .options import CTCOptions
 
 
 def collapse(tokens: Tensor, blank: int, merge_repeats: bool = True) -> List[List[int]]:
@@ -78,58 +80,44 @@ def prefix_beam_search(lprobs: Tensor, blank: int, beam: int) -> List[tuple]:
     return sorted(((p, _logaddexp(*v)) for p, v in beams.items()), key=lambda x: -x[1])
 
 
-@register_generator("ctc")
-class CTCGenerator:
-    def __init__(self, task, models, args):
-        if len(models) != 1:
-            raise ValueError(f"--generator ctc decodes with one model, got an ensemble of {len(models)}")
-        self.model = models[0]
-        if not hasattr(self.model, "forward_decoder") or not hasattr(self.model, "num_output_positions"):
-            raise ValueError(f"--generator ctc needs a NARVL model (--arch narvl*), got {type(self.model).__name__}")
-        d = task.target_dictionary
-        self.dictionary = d
-        self.blank, self.eos = d.index("<blank>"), d.eos()
-        self.beam = getattr(task.cfg, "ctc_beam", 1)
-        self.merge = not getattr(task.cfg, "ctc_no_merge", False)
-        if self.beam < 1:
-            raise ValueError(f"--ctc-beam must be >= 1, got {self.beam}")
-        never = [d.bos(), d.pad(), d.eos(), d.unk()] + [d.index(s) for s in ("<mask>", "<vis>") if s in d.indices]
-        self.never = torch.tensor(sorted(set(never)), dtype=torch.long)
-        self.grounding = getattr(task.cfg, "vl_task", None) == "grounding"
-        if self.grounding:
-            self.bin_ids = torch.tensor(task.bin_token_ids(), dtype=torch.long)
-        self.symbols_to_strip_from_output = {self.eos}
+class CTCGenerator(CaptionGenerator):
+    options_cls = CTCOptions
+    requires = ("forward_decoder", "num_output_positions")
+    model_hint = "a NARVL model, --arch narvl* or narvl_features*"
 
-    def _hypo(self, tokens: List[int], lprobs: Tensor, score: float) -> Dict[str, Tensor]:
-        toks = torch.tensor(tokens + [self.eos], dtype=torch.long)
-        return {"tokens": toks, "score": torch.tensor(score), "positional_scores": torch.full((len(toks),), score / len(toks)),
-                "alignment": None, "attention": None}
+    def __init__(self, models, dictionary, options: CTCOptions, args=None, context=None, allow_unk=False):
+        super().__init__(models, dictionary, options, args, context, allow_unk)
+        self.blank = dictionary.index("<blank>")
+        self.beam, self.merge = options.ctc_beam, not options.ctc_no_merge
+        # one output per query: the banned symbols and </s> (appended) never; <blank> is collapsed away
+        self.never = torch.tensor(sorted((set(self.banned) | {self.eos}) - {self.blank}), dtype=torch.long)
+        self.bin_ids = None
+        if self.context.box_symbols is not None:  # grounding: exactly four <bin_i>
+            self.bin_ids = torch.tensor(self.context.box_symbols, dtype=torch.long)
 
-    @torch.no_grad()
-    def generate(self, models, sample, **kwargs) -> List[List[Dict[str, Tensor]]]:
-        encoder_out = self.model.forward_encoder(sample["net_input"])  # once per batch
+    def decode(self, sample, encoder_out) -> List[List[Dict[str, Tensor]]]:
         lprobs, pad_mask = self.model.forward_decoder(encoder_out)  # one decoder pass: B x N x V
         lprobs = lprobs.float()
         lprobs[:, :, self.never.to(lprobs.device)] = -math.inf
-        out = []
-        if self.grounding:
+        rows = [lprobs[i] if pad_mask is None else lprobs[i][~pad_mask[i]] for i in range(lprobs.size(0))]
+        if self.bin_ids is not None:
             from ..data.boxes import decode_box_ctc
-            for i in range(lprobs.size(0)):
-                lp = lprobs[i] if pad_mask is None else lprobs[i][~pad_mask[i]]
-                bins = decode_box_ctc(lp.cpu(), self.bin_ids, self.blank)
-                toks = [int(self.bin_ids[b]) for b in bins]
-                out.append([self._hypo(toks, lp, 0.0)])
-            return out
+            return [[self._hypo([int(self.bin_ids[b]) for b in decode_box_ctc(lp.cpu(), self.bin_ids, self.blank)],
+                                0.0)] for lp in rows]
         if self.beam == 1:
             best, arg = lprobs.max(-1)  # B x N
             if pad_mask is not None:
                 arg = arg.masked_fill(pad_mask, self.blank)
                 best = best.masked_fill(pad_mask, 0.0)
-            scores = best.sum(1).tolist()
-            for toks, s, row in zip(collapse(arg.cpu(), self.blank, self.merge), scores, lprobs):
-                out.append([self._hypo(toks, row, s)])
-            return out
-        for i in range(lprobs.size(0)):
-            lp = (lprobs[i] if pad_mask is None else lprobs[i][~pad_mask[i]]).cpu()
-            out.append([self._hypo(list(p), lp, s) for p, s in prefix_beam_search(lp, self.blank, self.beam)])
-        return out
+            return [[self._hypo(toks, s)] for toks, s in zip(collapse(arg.cpu(), self.blank, self.merge),
+                                                               best.sum(1).tolist())]
+        return [[self._hypo(list(p), s) for p, s in prefix_beam_search(lp.cpu(), self.blank, self.beam)]
+                for lp in rows]
+
+    def _hypo(self, tokens: List[int], score: float) -> Dict[str, Tensor]:
+        """CTC scores a whole alignment: each token gets the mean share of its log-probability."""
+        return self.hypothesis(tokens, torch.full((len(tokens),), score / (len(tokens) + 1)), score,
+                               eos_score=score / (len(tokens) + 1))
+
+
+register_generator("ctc")(CTCGenerator)

@@ -1,5 +1,5 @@
 """RDT decoding: the reverse process of Eq. 3-7 / Algorithm 1.  ``--generator diffusion``
-with the ``rdt_captioning`` task's ``--diffusion-steps`` T, ``--time-difference`` Δ,
+with ``--diffusion-steps`` T, ``--time-difference`` Δ,
 ``--diffusion-noise`` and ``--diffusion-seed``.
 
 Per batch:
@@ -30,6 +30,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from . import register_generator
+from .base import CaptionGenerator
+from .options import DiffusionOptions, GeneratorError
 from ..models.modules.bits import bits_to_ids
 from ..models.rdt import alpha_sigma
 
@@ -53,32 +55,26 @@ def item_normal(ids: Tensor, shape, seed: int, device) -> Tensor:
     return torch.stack(out).to(device)
 
 
-@register_generator("diffusion")
-class DiffusionGenerator:
-    def __init__(self, task, models, args):
-        for m in models:
-            if not hasattr(m, "denoise"):
-                raise ValueError(f"--generator diffusion needs RDT models (--arch rdt*), got {type(m).__name__}")
-        if len(models) not in (1, 2):
-            raise ValueError(f"--generator diffusion decodes one model or a cascade of two, got {len(models)}")
+class DiffusionGenerator(CaptionGenerator):
+    options_cls = DiffusionOptions
+    requires = ("denoise",)
+    model_hint = "an RDT model, --arch rdt*"
+    max_models = 2  # a cascade: first.pt:second.pt
+
+    def __init__(self, models, dictionary, options: DiffusionOptions, args=None, context=None, allow_unk=False):
+        super().__init__(models, dictionary, options, args, context, allow_unk)
         if len(models) == 2 and not models[1].cfg.cascaded:
-            raise ValueError("a cascade (--path first.pt:second.pt) needs a second model trained with --cascaded")
+            raise GeneratorError("a cascade (--path first.pt:second.pt) needs a second model trained with --cascaded")
         if models[0].cfg.cascaded:
-            raise ValueError("the first (or only) model is a cascaded second-stage model: give its first stage "
-                             "first (--path first.pt:second.pt)")
-        cfg = task.cfg
-        self.models = models
-        self.steps, self.delta = cfg.diffusion_steps, cfg.time_difference
-        self.first_steps = cfg.cascade_steps or cfg.diffusion_steps
-        self.first_delta = cfg.cascade_time_difference
-        if self.steps < 1 or self.first_steps < 1 or self.delta < 0 or self.first_delta < 0:
-            raise ValueError(f"need T >= 1 and Δ >= 0, got --diffusion-steps {self.steps} --time-difference "
-                             f"{self.delta} --cascade-steps {cfg.cascade_steps} --cascade-time-difference "
-                             f"{self.first_delta}")
-        self.sample_noise, self.seed = cfg.diffusion_noise, cfg.diffusion_seed
-        d = task.target_dictionary
-        self.eos = d.eos()
-        self.symbols_to_strip_from_output = {self.eos}
+            raise GeneratorError("the first (or only) model is a cascaded second-stage model: give its first stage "
+                                 "first (--path first.pt:second.pt)")
+        self.steps, self.delta = options.diffusion_steps, options.time_difference
+        self.first_steps = options.cascade_steps or options.diffusion_steps
+        self.first_delta = options.cascade_time_difference
+        self.sample_noise, self.seed = options.diffusion_noise, options.diffusion_seed
+        # the vocabulary rule as a word mask: logits and the nearest-word decision never reach a banned symbol
+        self.word_mask = torch.ones(len(dictionary), dtype=torch.bool)
+        self.word_mask[self.banned] = False
 
     def sample(self, model, encoder_out, ids: Tensor, steps: int, delta: float,
                cascade_bits: Optional[Tensor] = None):
@@ -92,33 +88,28 @@ class DiffusionGenerator:
         for k in range(steps, 0, -1):
             t, s = k / steps, max(k - 1 - delta, 0) / steps  # t' and s' (Algorithm 1, line 3)
             gamma = model.gamma(torch.full((bsz,), t, device=device))
-            logits, x0_hat = model.denoise(x, gamma, encoder_out, x0_hat, cascade_bits)
+            logits, x0_hat = model.denoise(x, gamma, encoder_out, x0_hat, cascade_bits,
+                                           word_mask=self.word_mask.to(device))
             x0_hat = x0_hat.clamp(-scale, scale)
             noise = item_normal(ids * 1009 + k, shape, self.seed + 1, device) if self.sample_noise and s > 0 else None
             x = reverse_step(model, x, t, s, x0_hat, noise)
         return x, logits
 
     def to_hypotheses(self, model, x0: Tensor, logits: Tensor) -> List[List[Dict[str, Tensor]]]:
-        words = bits_to_ids(x0, model.book, model.word_mask)
+        words = bits_to_ids(x0, model.book, self.word_mask.to(x0.device))
         lprobs = F.log_softmax(logits.float(), dim=-1).gather(-1, words.unsqueeze(-1)).squeeze(-1)
         out = []
         for row, lp in zip(words, lprobs):
             ends = row.eq(self.eos).nonzero()
-            if len(ends):
-                n = int(ends[0]) + 1
-                tokens, scores = row[:n], lp[:n]
-            else:  # no </s> in L slots: the caption is all L words, then </s>
-                tokens = torch.cat([row, row.new_full((1,), self.eos)])
-                scores = torch.cat([lp, lp.new_zeros(1)])
-            out.append([{"tokens": tokens, "score": float(scores.mean()), "positional_scores": scores,
-                         "alignment": None}])
+            n = int(ends[0]) if len(ends) else len(row)  # words before the first </s> (all L without one)
+            eos_score = float(lp[n]) if len(ends) else 0.0
+            out.append([self.hypothesis(row[:n], lp[:n], float(torch.cat([lp[:n], lp.new_tensor([eos_score])]).mean()),
+                                        eos_score=eos_score)])
         return out
 
-    @torch.no_grad()
-    def generate(self, models, sample, **unused) -> List[List[Dict[str, Tensor]]]:
+    def decode(self, sample, encoder_out) -> List[List[Dict[str, Tensor]]]:
         ids = sample["id"]
         first = self.models[0]
-        encoder_out = first.forward_encoder(sample["net_input"])
         steps = self.first_steps if len(self.models) == 2 else self.steps
         delta = self.first_delta if len(self.models) == 2 else self.delta
         x0, logits = self.sample(first, encoder_out, ids, steps, delta)
@@ -132,3 +123,6 @@ class DiffusionGenerator:
         encoder_out = second.forward_encoder(sample["net_input"])
         x0, logits = self.sample(second, encoder_out, ids, self.steps, self.delta, cascade_bits)
         return self.to_hypotheses(second, x0, logits)
+
+
+register_generator("diffusion")(DiffusionGenerator)

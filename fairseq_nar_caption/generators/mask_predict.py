@@ -29,41 +29,37 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from . import register_generator
+from .base import CaptionGenerator
+from .options import GeneratorError, MaskPredictOptions
 
 ALGORITHMS = ("mp", "ef", "l2r")
 
 
-class MaskPredictGenerator:
-    def __init__(self, task, models, args, algorithm: str, coarse_to_fine: bool):
-        if len(models) != 1:
-            raise ValueError(f"{algorithm} decodes with one model, got an ensemble of {len(models)}")
-        cfg = task.cfg
-        self.model = models[0]
-        for hook in ("forward_length", "forward_decoder_nar"):
-            if not hasattr(self.model, hook):
-                raise ValueError(f"--generator {'ct-' if coarse_to_fine else ''}{algorithm} needs a NAR model with "
-                                 f"{hook} (e.g. --arch nacf), got {type(self.model).__name__}")
-        self.algorithm, self.coarse_to_fine = algorithm, coarse_to_fine
-        self.iterations, self.q, self.length_beam = cfg.nar_iterations, cfg.nar_q, cfg.length_beam
-        self.revisit_template = not cfg.nar_skip_template_revisit
-        self.alpha, self.min_len = cfg.length_norm_alpha, cfg.nar_min_length
-        if self.iterations < 1 or self.q < 1 or self.length_beam < 1:
-            raise ValueError("--nar-iterations, --nar-q and --length-beam must be >= 1")
-        d = task.target_dictionary
-        self.pad, self.eos, self.mask, self.vis = d.pad(), d.eos(), d.index("<mask>"), d.index("<vis>")
-        # symbols a caption never contains; the template pass may emit <mask> (Eq. 9)
-        self.not_words = [i for i in {d.bos(), d.pad(), d.eos(), d.unk(), self.mask, self.vis, d.index("<blank>")}]
-        self.teacher = self._load_teacher(cfg.teacher_path, task) if cfg.teacher_path else None
+class MaskPredictGenerator(CaptionGenerator):
+    options_cls = MaskPredictOptions
+    requires = ("forward_length", "forward_decoder_nar")
+    model_hint = "an NACF model, --arch nacf"
+    algorithm, coarse_to_fine = "mp", False  # set per registered name
+
+    def __init__(self, models, dictionary, options: MaskPredictOptions, args=None, context=None, allow_unk=False):
+        super().__init__(models, dictionary, options, args, context, allow_unk)
+        self.iterations, self.q, self.length_beam = options.nar_iterations, options.nar_q, options.length_beam
+        self.revisit_template = not options.nar_skip_template_revisit
+        self.alpha, self.min_len, self.max_len = options.length_norm_alpha, options.nar_min_length, \
+            options.nar_max_length
+        d = dictionary
+        self.mask, self.vis = d.index("<mask>"), d.index("<vis>")
+        # inside a caption of fixed length N, </s> is banned too; the template pass may emit <mask> (Eq. 9)
+        self.not_words = sorted(set(self.banned) | {self.eos})
+        self.teacher = self._load_teacher(options.teacher_path) if options.teacher_path else None
         self.trace: Optional[List[Dict[str, Tensor]]] = None  # set to [] to record the observed sets per pass
 
-    @staticmethod
-    def _load_teacher(path, task):
-        from fairseq import checkpoint_utils
-
-        models, _ = checkpoint_utils.load_model_ensemble([path], task=task)
-        teacher = models[0].eval()
+    def _load_teacher(self, path):
+        if self.context.load_model is None:
+            raise GeneratorError(f"--teacher-path {path}: this task cannot load a teacher checkpoint")
+        teacher = self.context.load_model(path).eval()
         if not hasattr(teacher.decoder, "extract_features"):
-            raise ValueError(f"{path}: the teacher must be an autoregressive caption model (ar_caption)")
+            raise GeneratorError(f"{path}: the teacher must be an autoregressive caption model (ar_caption)")
         return teacher
 
     # --------------------------------------------------------------- one decoder pass
@@ -80,16 +76,20 @@ class MaskPredictGenerator:
             self.trace.append({k: v.clone() for k, v in state.items()})
 
     # --------------------------------------------------------------- decoding
-    @torch.no_grad()
-    def generate(self, models, sample, **unused) -> List[List[Dict[str, Tensor]]]:
+    def decode(self, sample, encoder_out) -> List[List[Dict[str, Tensor]]]:
         model = self.model
-        encoder_out = model.forward_encoder(sample["net_input"])
         bsz = sample["net_input"]["features"].size(0)
 
         # length beam: top-B lengths per item from the predicted distribution (Eq. 2)
         length_lprobs = model.forward_length(encoder_out).float()
         n_max = length_lprobs.size(1)
-        allowed = torch.arange(n_max, device=length_lprobs.device) >= max(self.min_len, 1)
+        if self.min_len >= n_max:
+            raise GeneratorError(f"--nar-min-length {self.min_len} leaves no length: the model predicts lengths "
+                                 f"0..{n_max - 1}")
+        positions = torch.arange(n_max, device=length_lprobs.device)
+        allowed = positions >= max(self.min_len, 1)
+        if self.max_len:
+            allowed &= positions <= self.max_len
         length_lprobs = length_lprobs.masked_fill(~allowed, -math.inf)
         beam = min(self.length_beam, int(allowed.sum()))
         lengths = length_lprobs.topk(beam, dim=1).indices.view(-1)  # (bsz*B), item-major
@@ -166,16 +166,8 @@ class MaskPredictGenerator:
             total = total + self._teacher_scores(tokens, valid, sample, rows)
         total = total / lengths.float() ** self.alpha
         best = total.view(bsz, beam).argmax(1) + torch.arange(bsz, device=total.device) * beam
-        out = []
-        for r in best.tolist():
-            n = int(lengths[r])
-            out.append([{
-                "tokens": torch.cat([tokens[r, :n], tokens.new_tensor([self.eos])]),
-                "score": float(total[r]),
-                "positional_scores": torch.cat([nar[r, :n], nar.new_zeros(1)]),
-                "alignment": None,
-            }])
-        return out
+        return [[self.hypothesis(tokens[r, :int(lengths[r])], nar[r, :int(lengths[r])], float(total[r]))]
+                for r in best.tolist()]
 
     def _teacher_scores(self, tokens, valid, sample, rows):
         """Σ_n log p_AR(y_n | y_<n) of each row's caption, one teacher-forced pass."""
@@ -190,14 +182,6 @@ class MaskPredictGenerator:
         return lp.masked_fill(~valid, 0).sum(1)
 
 
-def _register(name: str, algorithm: str, coarse: bool):
-    @register_generator(name)
-    def build(task, models, args):
-        return MaskPredictGenerator(task, models, args, algorithm, coarse)
-
-    return build
-
-
 for _alg in ALGORITHMS:
-    _register(_alg, _alg, False)
-    _register(f"ct-{_alg}", _alg, True)
+    register_generator(_alg, algorithm=_alg, coarse_to_fine=False)(MaskPredictGenerator)
+    register_generator(f"ct-{_alg}", algorithm=_alg, coarse_to_fine=True)(MaskPredictGenerator)

@@ -14,7 +14,7 @@ Per batch:
    hence ⌈·/k⌉ outlined words;
 3. Filler: the top M_fill outlines of every item (in the beam's order) become
    [z_0, <mask>×(k−1), …, z_{m-1}, <mask>×(k−1), </s>] and one pass replaces every
-   <mask> by its most probable word (never <pad>, <s>, <mask>, <vis>, <blank>; </s>
+   <mask> by its most probable word (never a banned symbol, ``base.banned_symbols``; </s>
    is allowed: it ends the caption inside the last group);
 4. each candidate is truncated at its first </s> and scored by Eq. 10:
    Σ Outliner log-probs (the m words and the final </s>) + Σ Filler log-probs
@@ -31,14 +31,15 @@ from typing import Dict, List
 
 import torch
 import torch.nn.functional as F
-from fairseq.sequence_generator import EnsembleModel, SequenceGenerator
 from torch import Tensor
 
 from . import register_generator
+from .base import CaptionGenerator, RuledSequenceGenerator, _BannedSymbolsEnsemble
+from .options import OutlineFillOptions
 from ..models.saic import filler_layout, filler_slots
 
 
-class _GivenEncoderOut(EnsembleModel):
+class _GivenEncoderOut(_BannedSymbolsEnsemble):
     """fairseq's model wrapper for beam search, with the encoder output computed by the
     caller (once per batch, shared with the Filler pass)."""
 
@@ -48,28 +49,19 @@ class _GivenEncoderOut(EnsembleModel):
         return [self.encoder_out]
 
 
-@register_generator("outline-fill")
-class OutlineFillGenerator:
-    def __init__(self, task, models, args):
-        if len(models) != 1:
-            raise ValueError(f"outline-fill decodes with one model, got an ensemble of {len(models)}")
-        self.model = models[0]
-        if not hasattr(self.model, "forward_filler"):
-            raise ValueError(f"--generator outline-fill needs a SAIC model (--arch saic), got "
-                             f"{type(self.model).__name__}")
-        self.m_out, self.m_fill = task.cfg.outline_beam, task.cfg.fill_beam
-        if not 1 <= self.m_fill <= self.m_out:
-            raise ValueError(f"need M_out >= M_fill >= 1 (Section 4.3), got --outline-beam {self.m_out} "
-                             f"--fill-beam {self.m_fill}")
-        d = task.target_dictionary
-        self.k = self.model.group_size
-        self.pad, self.eos, self.mask = d.pad(), d.eos(), d.index("<mask>")
-        self.not_words = sorted({d.bos(), d.pad(), self.mask, d.index("<vis>"), d.index("<blank>")})
-        self.symbols_to_strip_from_output = {self.eos}
+class OutlineFillGenerator(CaptionGenerator):
+    options_cls = OutlineFillOptions
+    requires = ("forward_filler", "group_size")
+    model_hint = "a SAIC model, --arch saic"
+
+    def __init__(self, models, dictionary, options: OutlineFillOptions, args=None, context=None, allow_unk=False):
+        super().__init__(models, dictionary, options, args, context, allow_unk)
+        self.m_out, self.m_fill = options.outline_beam, options.fill_beam
+        self.k = k = self.model.group_size
+        self.mask = dictionary.index("<mask>")
         self.ensemble = _GivenEncoderOut([self.model])
-        k = self.k
-        self.outliner = SequenceGenerator(
-            self.ensemble, d, beam_size=self.m_out,
+        self.outliner = RuledSequenceGenerator(
+            self.ensemble, dictionary, banned=self.banned, beam_size=self.m_out,
             max_len_a=args.max_len_a / k, max_len_b=math.ceil(args.max_len_b / k), min_len=math.ceil(args.min_len / k),
             # heads at positions 0, k, …, m·k must fit the decoder: at most ⌊(P−1)/k⌋ words + </s>
             max_len=(self.model.decoder.max_positions() - 1) // k + 1,
@@ -96,7 +88,7 @@ class OutlineFillGenerator:
         slots = filler_slots(tokens, self.k, self.pad)
         if slots.any():
             lprobs = F.log_softmax(self.model.forward_filler(tokens, encoder_out).float(), dim=-1)
-            lprobs[..., self.not_words] = -math.inf
+            lprobs[..., self.banned] = -math.inf  # </s> allowed: it ends the caption inside the last group
             best, words = lprobs.max(-1)
             tokens = torch.where(slots, words, tokens)
         else:  # k = 1: nothing to fill
@@ -110,10 +102,8 @@ class OutlineFillGenerator:
                         "filler_score": best[i][slots[i]].sum()})
         return out
 
-    @torch.no_grad()
-    def generate(self, models, sample, **unused) -> List[List[Dict[str, Tensor]]]:
+    def decode(self, sample, encoder_out) -> List[List[Dict[str, Tensor]]]:
         model = self.model
-        encoder_out = model.forward_encoder(sample["net_input"])
         outlines = [hyps[: self.m_fill] for hyps in self.outline(sample, encoder_out)]
         rows = torch.tensor([b for b, hyps in enumerate(outlines) for _ in hyps],
                             device=encoder_out["encoder_out"][0].device)
@@ -125,13 +115,13 @@ class OutlineFillGenerator:
             # per kept token: the Outliner's log-prob at heads (i·k), the Filler's at slots
             scores = f["slot_lprobs"].clone()
             scores[::self.k] = outline_lprobs.to(scores)
-            n = len(f["tokens"])
-            results[b].append({
-                "tokens": f["tokens"],
-                "score": float(outline_lprobs.sum() + f["filler_score"]),  # Eq. 10
-                "positional_scores": scores[:n],
-                "alignment": None,
-            })
+            n = len(f["tokens"])  # words + </s>
+            results[b].append(self.hypothesis(f["tokens"][: n - 1], scores[: n - 1],
+                                              float(outline_lprobs.sum() + f["filler_score"]),  # Eq. 10
+                                              eos_score=float(scores[n - 1])))
         for hyps in results:
             hyps.sort(key=lambda h: -h["score"])  # stable: ties keep the Outliner's order
         return results
+
+
+register_generator("outline-fill")(OutlineFillGenerator)

@@ -11,6 +11,7 @@ Parameter names (``encoder.*``, ``decoder.embed_tokens``, ``decoder.layers.N.*``
 so they can be initialised from a trained AR checkpoint.
 """
 
+import logging
 from dataclasses import dataclass, field
 
 from fairseq.dataclass import ChoiceEnum, FairseqDataclass
@@ -18,10 +19,13 @@ from fairseq.models import FairseqEncoderDecoderModel, register_model, register_
 from fairseq.models.transformer import TransformerConfig, TransformerDecoderBase
 from fairseq.utils import get_available_activation_fns, safe_getattr
 from omegaconf import II, open_dict
+import torch
 import torch.nn as nn
 
 from .modules.feature_encoder import FeatureEncoder
 from .modules.highway_encoder import HighwayFeatureEncoder
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -94,12 +98,55 @@ def build_encoder(cfg: CaptionModelConfig, task, tcfg: TransformerConfig):
     return cls(tcfg, resolve_feature_dim(cfg, task), task.tokens_per_modality)
 
 
+def load_ar_weights(model, path: str, what: str, required=None, allowed_new=lambda k: True, skip=()):
+    """Initialise ``model`` from an ``ar_caption`` checkpoint: every parameter whose name and
+    shape match is copied (encoder, embeddings, decoder layers: the NAR decoders reuse
+    fairseq's layer type and names).  A name present in both with another shape is an
+    error (the checkpoint must have the same sizes and dictionary); so is a missing
+    ``required`` prefix, or a parameter of ours that the checkpoint lacks where
+    ``allowed_new(name)`` is False.  Names starting with a ``skip`` prefix are not taken
+    (tables that share a name but not a meaning).  Returns our parameters left as built."""
+    from fairseq import checkpoint_utils
+
+    state = {k: v for k, v in checkpoint_utils.load_checkpoint_to_cpu(path)["model"].items()
+             if not k.startswith(tuple(skip))}
+    own = model.state_dict()
+    wrong = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
+    if wrong:
+        raise ValueError(f"{path}: parameters with other shapes than this {what} model: {wrong[:5]} (the AR "
+                         f"checkpoint must have the same sizes, dictionary and --max-target-positions)")
+    load = {k: v for k, v in state.items() if k in own}
+    if required and not any(k.startswith(required) for k in load):
+        raise ValueError(f"{path}: no {required}* parameter matches this {what} model; not an ar_caption checkpoint?")
+    new = sorted(k for k in own if k not in load)
+    refused = [k for k in new if not allowed_new(k)]
+    if refused:
+        raise ValueError(f"{path}: not an ar_caption checkpoint of this architecture; it lacks {refused[:5]}")
+    model.load_state_dict(load, strict=False)
+    logger.info(f"initialised {len(load)} tensors from {path}; not in the AR checkpoint: {new}")
+    return new
+
+
 class CaptionEncoderDecoderModel(FairseqEncoderDecoderModel):
     """Common entry points of every caption model: ``forward_encoder(net_input)``
-    runs once per batch; generators reuse its output."""
+    runs once per batch; generators reuse its output.  ``generators``: the
+    ``--generator`` values that decode the model (checked by the task)."""
+
+    generators = ("sequence",)
 
     def forward_encoder(self, net_input):
         return self.encoder.forward_torchscript(net_input)
+
+    def bare_tokens(self, encoder_out, length: int, symbol=None):
+        x = encoder_out["encoder_out"][0]
+        fill = self.decoder.dictionary.eos() if symbol is None else symbol
+        return torch.full((x.size(1), length), fill, dtype=torch.long, device=x.device)
+
+    def bare_decoder_pass(self, encoder_out, length: int):
+        """One full decoder pass over ``length`` target positions, the unit of the benchmark's
+        "bare forward" (encoder + one decoder pass): the physical floor of non-autoregressive
+        decoding.  AR: one teacher-forced pass (no cache)."""
+        return self.decoder(self.bare_tokens(encoder_out, length), encoder_out=encoder_out)
 
     def max_positions(self):
         return (self.encoder.max_positions(), self.decoder.max_positions())

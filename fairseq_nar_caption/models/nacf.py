@@ -22,7 +22,6 @@ from typing import Dict, List, Optional
 
 import torch.nn as nn
 import torch.nn.functional as F
-from fairseq import checkpoint_utils
 from fairseq.dataclass import ChoiceEnum
 from fairseq.models import FairseqDecoder, register_model
 from fairseq.modules import FairseqDropout, LayerNorm, PositionalEmbedding
@@ -30,7 +29,7 @@ from fairseq.modules.transformer_layer import TransformerDecoderLayerBase
 from torch import Tensor
 
 from .ar_caption import (CaptionEncoderDecoderModel, CaptionModelConfig, build_encoder,
-                         build_output_projection, transformer_config)
+                         build_output_projection, load_ar_weights, transformer_config)
 
 logger = logging.getLogger(__name__)
 
@@ -117,6 +116,8 @@ class LengthPredictor(nn.Module):
 
 @register_model("nacf", dataclass=NACFConfig)
 class NACFModel(CaptionEncoderDecoderModel):
+    generators = ("mp", "ef", "l2r", "ct-mp", "ct-ef", "ct-l2r")
+
     def __init__(self, cfg: NACFConfig, encoder, decoder, length_predictor, dictionary):
         super().__init__(encoder, decoder)
         self.cfg = cfg
@@ -139,24 +140,15 @@ class NACFModel(CaptionEncoderDecoderModel):
     def init_from_pretrained(self):
         """Copy every AR-B parameter whose name and shape match (encoder, embeddings,
         decoder layers — the causal AR decoder and ours share the layer type)."""
-        if not self.cfg.init_from_ar:
-            return
-        state = checkpoint_utils.load_checkpoint_to_cpu(self.cfg.init_from_ar)["model"]
-        own = self.state_dict()
-        wrong = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
-        if wrong:
-            raise ValueError(f"{self.cfg.init_from_ar}: parameters with other shapes than this NACF model: "
-                             f"{wrong[:5]} (the AR-B checkpoint must have the same sizes and dictionary)")
-        load = {k: v for k, v in state.items() if k in own}
-        if not any(k.startswith("decoder.layers.") for k in load):
-            raise ValueError(f"{self.cfg.init_from_ar}: no decoder layer matches this model; not an AR-B checkpoint?")
-        self.load_state_dict(load, strict=False)
-        logger.info(f"initialised {len(load)} tensors from {self.cfg.init_from_ar}; not in AR-B: "
-                    f"{sorted(k for k in own if k not in load)}")
+        if self.cfg.init_from_ar:
+            load_ar_weights(self, self.cfg.init_from_ar, "NACF", required="decoder.layers.")
 
     def forward_length(self, encoder_out) -> Tensor:
         """Log-probabilities of the caption length (number of words), B x N_max."""
         return self.length_predictor(encoder_out)
+
+    def bare_decoder_pass(self, encoder_out, length: int):
+        return self.forward_decoder_nar(self.bare_tokens(encoder_out, length, self.mask_idx), encoder_out)
 
     def forward_decoder_nar(self, tokens: Tensor, encoder_out) -> Tensor:
         """One bidirectional pass: logits B x N x V for every position."""

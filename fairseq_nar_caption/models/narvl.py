@@ -34,7 +34,8 @@ from fairseq.utils import safe_getattr
 from omegaconf import II
 from torch import Tensor
 
-from .ar_caption import CaptionEncoderDecoderModel, CaptionModelConfig, transformer_config
+from .ar_caption import (CaptionEncoderDecoderModel, CaptionModelConfig, ar_caption_tiny, build_encoder,
+                         load_ar_weights, transformer_config)
 from .modules.ofa_encoder import OFAEncoder, build_backbone, grid_size, load_ofa_encoder
 
 logger = logging.getLogger(__name__)
@@ -169,6 +170,8 @@ class QueryDecoder(FairseqDecoder):
 
 @register_model("narvl", dataclass=NARVLModelConfig)
 class NARVLModel(_ImageTextModel):
+    generators = ("ctc",)
+
     @classmethod
     def build_model(cls, cfg: NARVLModelConfig, task):
         tcfg, dictionary, embed, encoder = cls.build_parts(cfg, task)
@@ -191,6 +194,10 @@ class NARVLModel(_ImageTextModel):
     def forward(self, src_tokens, src_lengths, patch_images, prev_output_tokens=None, **kwargs):
         return self.decoder(encoder_out=self.encoder(src_tokens, src_lengths, patch_images))
 
+    def bare_decoder_pass(self, encoder_out, length: int = 0):
+        """One query-decoder pass (its N positions, whatever the caption length)."""
+        return self.decoder(encoder_out=encoder_out)
+
     def forward_decoder(self, encoder_out):
         """One decoder pass → (log-probs B x N x V, padding mask B x N or None)."""
         logits, extra = self.decoder(encoder_out=encoder_out)
@@ -206,6 +213,60 @@ class NARVLARModel(_ImageTextModel):
         model = cls(encoder, decoder)
         model.cfg = cfg
         return model
+
+
+@dataclass
+class NARVLFeatureConfig(CaptionModelConfig):
+    """NARVL's decoder over pre-extracted features (the ``captioning`` task): the shared
+    ``FeatureEncoder`` (``ar_caption``'s) instead of the OFA-style pixel encoder, so CTC
+    decoding needs no pixels and the arena compares decoders on one encoder."""
+    num_queries: int = field(default=40, metadata={"help": "N learnable query tokens (N >= target tokens + "
+                                                           "repeats; about 2x the caption length works well)"})
+    decoder_input: ChoiceEnum(["query", "encoder"]) = field(
+        default="query", metadata={"help": "query: N learnable queries; encoder: the encoder output (Tables 6-7)"})
+    init_from_ar: Optional[str] = field(
+        default=None, metadata={"help": "ar_caption checkpoint (same sizes and dictionary): encoder, embedding and "
+                                        "decoder layers start from it (the query tables are new)"})
+
+
+@register_model("narvl_features", dataclass=NARVLFeatureConfig)
+class NARVLFeatureModel(CaptionEncoderDecoderModel):
+    generators = ("ctc",)
+
+    @classmethod
+    def build_model(cls, cfg: NARVLFeatureConfig, task):
+        tcfg = transformer_config(cfg)
+        dictionary = task.target_dictionary
+        if cfg.decoder_input == "encoder":
+            n = cfg.max_source_positions
+        else:
+            if cfg.num_queries < 1:
+                raise ValueError(f"--num-queries must be positive, got {cfg.num_queries}")
+            n = cfg.num_queries
+        embed = build_shared_embedding(cfg, dictionary)
+        model = cls(build_encoder(cfg, task, tcfg), QueryDecoder(cfg, tcfg, dictionary, embed, n))
+        model.cfg = cfg
+        return model
+
+    num_output_positions = NARVLModel.num_output_positions
+    forward_decoder = NARVLModel.forward_decoder
+    bare_decoder_pass = NARVLModel.bare_decoder_pass
+
+    def forward(self, features, padding_mask, prev_output_tokens=None, **kwargs):
+        """Encoder + one query-decoder pass (``prev_output_tokens`` unused: NAR)."""
+        return self.decoder(encoder_out=self.encoder(features, padding_mask))
+
+    def init_from_pretrained(self):
+        if safe_getattr(self.cfg, "init_from_ar", None):
+            # the query decoder's positions index queries, not caption tokens: not taken from AR
+            load_ar_weights(self, self.cfg.init_from_ar, "NARVL", required="decoder.layers.",
+                            skip=("decoder.embed_positions.",))
+
+
+@register_model_architecture("narvl_features", "narvl_features_tiny")
+def narvl_features_tiny(args):
+    """The sizes of ``ar_caption_tiny`` (d 256, 2 + 2 layers, 4 heads), 40 queries."""
+    ar_caption_tiny(args)
 
 
 def _tiny(args):

@@ -222,6 +222,8 @@ class RDTDenoiser(FairseqDecoder):
 
 @register_model("rdt", dataclass=RDTConfig)  # arch "rdt": the paper's settings (RDTConfig defaults)
 class RDTModel(CaptionEncoderDecoderModel):
+    generators = ("diffusion",)
+
     def __init__(self, cfg: RDTConfig, encoder, decoder, dictionary, n_bits: int):
         super().__init__(encoder, decoder)
         self.cfg = cfg
@@ -275,12 +277,19 @@ class RDTModel(CaptionEncoderDecoderModel):
         return log_snr_gamma(t, self.noise_schedule)
 
     def denoise(self, x_t: Tensor, gamma: Tensor, encoder_out, self_cond: Optional[Tensor] = None,
-                cascade_bits: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
-        """f(x_t, γ(t'), G) → (vocabulary logits, x̂0)."""
+                cascade_bits: Optional[Tensor] = None, word_mask: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+        """f(x_t, γ(t'), G) → (vocabulary logits, x̂0); ``word_mask`` (default: the model's)
+        marks the symbols the logits may reach (a generator passes its vocabulary rule)."""
         if self_cond is None:
             self_cond = torch.zeros_like(x_t)
-        return self.decoder(x_t, gamma, encoder_out, self_cond, cascade_bits, word_mask=self.word_mask,
-                            book=self.book)
+        return self.decoder(x_t, gamma, encoder_out, self_cond, cascade_bits,
+                            word_mask=self.word_mask if word_mask is None else word_mask, book=self.book)
+
+    def bare_decoder_pass(self, encoder_out, length: int = 0):
+        """One denoising pass over the L slots (its fixed length, whatever the caption's)."""
+        x = encoder_out["encoder_out"][0]
+        x_t = torch.randn(x.size(1), self.seq_len, self.n_bits, device=x.device)
+        return self.denoise(x_t, self.gamma(torch.full((x.size(1),), 0.5, device=x.device)), encoder_out)
 
     def forward(self, features, padding_mask, x_t, t, self_cond=None, retrieved_tokens=None, cascade_bits=None,
                 **unused):

@@ -70,14 +70,13 @@ from typing import Dict, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
-from fairseq import checkpoint_utils
 from fairseq.models import FairseqIncrementalDecoder, register_model, register_model_architecture
 from fairseq.modules import FairseqDropout, LayerNorm, PositionalEmbedding
 from fairseq.modules.transformer_layer import TransformerDecoderLayerBase
 from torch import Tensor
 
 from .ar_caption import (CaptionEncoderDecoderModel, CaptionModelConfig, build_encoder,
-                         ar_caption_tiny, build_output_projection, transformer_config)
+                         ar_caption_tiny, build_output_projection, load_ar_weights, transformer_config)
 from .modules.rpr_attention import IncrementalState, RelativePositionMultiheadAttention
 
 logger = logging.getLogger(__name__)
@@ -282,6 +281,12 @@ class SAICModel(CaptionEncoderDecoderModel):
             raise ValueError("the dictionary lacks <mask> (the captioning task adds it)")
         self.num_updates = 0  # t of the curriculum (Eq. 9), set by fairseq before every training step
 
+    @property
+    def generators(self):
+        """outline-fill; with k = 1 the Outliner is a plain AR decoder, so fairseq's beam search
+        (``sequence``) also decodes it (with k > 1 it would return only the outline)."""
+        return ("outline-fill", "sequence") if self.group_size == 1 else ("outline-fill",)
+
     @classmethod
     def build_model(cls, cfg: SAICConfig, task):
         if cfg.group_size < 1:
@@ -299,21 +304,9 @@ class SAICModel(CaptionEncoderDecoderModel):
     def init_from_pretrained(self):
         """Algorithm 1, line 2 (P_SAIC ← P_AIC): load every parameter of an ``ar_caption``
         checkpoint of the same sizes; only the relative position tables are new."""
-        path = self.cfg.init_from_ar
-        if not path:
-            return
-        state = checkpoint_utils.load_checkpoint_to_cpu(path)["model"]
-        own = self.state_dict()
-        wrong = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
-        if wrong:
-            raise ValueError(f"{path}: parameters with other shapes than this SAIC model: {wrong[:5]} (the AR "
-                             f"checkpoint must have the same sizes, dictionary and --max-target-positions)")
-        missing = [k for k in own if k not in state and not any(r in k for r in RPR_PARAMETERS)]
-        if missing:
-            raise ValueError(f"{path}: not an ar_caption checkpoint of this architecture; it lacks {missing[:5]}")
-        self.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
-        logger.info(f"initialised from {path}; new (relative position tables): "
-                    f"{sum(1 for k in own if k not in state)} tensors")
+        if self.cfg.init_from_ar:
+            load_ar_weights(self, self.cfg.init_from_ar, "SAIC",
+                            allowed_new=lambda k: any(r in k for r in RPR_PARAMETERS))
 
     def set_num_updates(self, num_updates):
         super().set_num_updates(num_updates)
@@ -324,6 +317,10 @@ class SAICModel(CaptionEncoderDecoderModel):
         """Outliner logits for the head inputs [</s>, z_0, …] (teacher forcing), or, with
         ``incremental_state``, for the last one only (one outline step)."""
         return self.decoder(prev_heads, encoder_out, incremental_state=incremental_state, group_size=group_size)[0]
+
+    def bare_decoder_pass(self, encoder_out, length: int):
+        """One Filler pass over ``length`` positions (the Outliner steps are incremental)."""
+        return self.forward_filler(self.bare_tokens(encoder_out, length, self.mask_idx), encoder_out)
 
     def forward_filler(self, tokens: Tensor, encoder_out) -> Tensor:
         """Filler logits for a ``filler_layout`` input (one non-autoregressive pass)."""

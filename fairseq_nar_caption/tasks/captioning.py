@@ -15,6 +15,11 @@ of ``<split>_refs.json``) and map unseen reference words to <unk> in the loss ta
 The dictionary always gets the reserved symbols ``<mask>``, ``<vis>`` and ``<blank>``
 appended (in that order), so AR teachers and the NAR models of later methods
 (masked-LM, visual words, CTC) share one index space and one checkpoint format.
+
+Every model of the package trains and decodes here on the same feature folder: AR
+(``ar_caption``), NACF, SAIC, NARVL over features (``narvl_features``) and RDT, whose
+retrieved-sentence condition is an input file (``--retrieval-file``).  Decoding options
+are the generators' own (``generators/options.py``, mixed in through ``DecodingConfig``).
 """
 
 import logging
@@ -22,9 +27,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Optional
 
-from fairseq.data import Dictionary
-from fairseq.dataclass import ChoiceEnum, FairseqDataclass
-from fairseq.tasks import FairseqTask, register_task
+from fairseq.dataclass import ChoiceEnum
+from fairseq.tasks import register_task
 from omegaconf import II, MISSING
 
 from ..data.caption_dataset import CaptionDataset, base_caption_dataset
@@ -32,15 +36,16 @@ from ..data.feature_store import MultiModalFeatures, open_feature_store
 from ..data.frame_sampling import FrameSampledStore
 from ..data.hybrid_distill import HybridDistillDataset
 from ..data.manifest import DataError, read_manifest
-from ..generators import build_caption_generator, generator_names
+from ..data.retrieval import RetrievalDataset, load_cascade_manifests, load_retrieval_file
+from ..generators.base import RESERVED_SYMBOLS  # noqa: F401  (re-exported: tests and scripts import it here)
+from ..generators.options import DecodingConfig
+from .base import CaptionTaskBase, load_dictionary_with
 
 logger = logging.getLogger(__name__)
 
-RESERVED_SYMBOLS = ("<mask>", "<vis>", "<blank>")
-
 
 @dataclass
-class CaptioningConfig(FairseqDataclass):
+class CaptioningConfig(DecodingConfig):
     data: str = field(default=MISSING, metadata={"help": "folder with dict.txt, <split>.tsv and features"})
     feature_files: str = field(
         default="features.h5",
@@ -57,36 +62,32 @@ class CaptioningConfig(FairseqDataclass):
     seed: int = II("common.seed")
     max_source_positions: int = field(default=256, metadata={"help": "max feature vectors per item"})
     max_target_positions: int = field(default=32, metadata={"help": "max caption tokens incl. </s>"})
-    generator: str = field(
-        default="sequence", metadata={"help": "decoding algorithm for fairseq-generate: " + ", ".join(generator_names())})
-    # non-autoregressive decoding (NACF generators: mp, ef, l2r, ct-mp, ct-ef, ct-l2r)
-    nar_iterations: int = field(default=5, metadata={"help": "T: decoder passes of MP (Eq. 14)"})
-    nar_q: int = field(default=1, metadata={"help": "q: tokens fixed per pass by EF/L2R (Eq. 15, 17)"})
-    length_beam: int = field(default=6, metadata={"help": "B: most probable lengths decoded in parallel"})
-    nar_min_length: int = field(default=1, metadata={"help": "shortest caption length the length beam considers"})
-    nar_skip_template_revisit: bool = field(
-        default=False, metadata={"help": "CT-EF/CT-L2R: skip the last pass re-predicting template words (Eq. 16)"})
-    length_norm_alpha: float = field(default=1.0, metadata={"help": "α: candidates ranked by score / N^α"})
-    teacher_path: Optional[str] = field(
-        default=None, metadata={"help": "AR-B checkpoint rescoring the length candidates (p_NAR·p_AR)"})
-    # SAIC (models/saic.py): Outliner + Filler decoding (generators/outline_fill.py) and the
-    # teacher's captions for hybrid distillation (data/hybrid_distill.py, criterion group_mask)
-    outline_beam: int = field(default=5, metadata={"help": "M_out: Outliner beam size (--generator outline-fill)"})
-    fill_beam: int = field(
-        default=1, metadata={"help": "M_fill <= M_out: top Outliner hypotheses the Filler completes (ranked by Eq. 10)"})
+    # SAIC's hybrid distillation (data/hybrid_distill.py, criterion group_mask)
     hybrid_distill_split: Optional[str] = field(
         default=None, metadata={"help": "distillation manifest (e.g. train_distill) giving training splits a "
                                         "distill_target per caption: the AR teacher's caption of the same item"})
+    # RDT's retrieved-sentence condition (data/retrieval.py); any model ignores it but RDT
+    retrieval_file: Optional[str] = field(
+        default=None, metadata={"help": "JSON of retrieved sentences per item (nar-caption-retrieve); relative "
+                                        "to --data or absolute"})
+    retrieval_topk: int = field(default=5, metadata={"help": "training samples among the top-k retrieved sentences"})
+    retrieval_gt_prob: float = field(
+        default=0.0, metadata={"help": "training: probability of conditioning on another GT caption of the item"})
+    retrieval_test_rank: int = field(
+        default=0, metadata={"help": "evaluation splits: condition on the retrieved sentence of this rank (0 = top-1)"})
+    cascade_manifests: Optional[str] = field(
+        default=None, metadata={"help": "comma-separated manifests (relative to --data) with a first-stage caption "
+                                        "per item: the condition of a cascaded (second-stage) RDT in training"})
 
 
 @register_task("captioning", dataclass=CaptioningConfig)
-class CaptioningTask(FairseqTask):
+class CaptioningTask(CaptionTaskBase):
     cfg: CaptioningConfig
 
-    def __init__(self, cfg: CaptioningConfig, dictionary: Dictionary):
+    def __init__(self, cfg: CaptioningConfig, dictionary):
         super().__init__(cfg)
         self.dictionary = dictionary
-        paths = [p if os.path.isabs(p) else os.path.join(cfg.data, p) for p in cfg.feature_files.split(",")]
+        paths = [self._path(p) for p in cfg.feature_files.split(",")]
         self.stores = [open_feature_store(p, cfg.feature_key_template) for p in paths]
         shapes = [s.peek_shape() for s in self.split_features(training=False).stores]
         if len({d for _, d in shapes}) != 1:
@@ -94,6 +95,14 @@ class CaptioningTask(FairseqTask):
                             + ", ".join(f"{p}: {d}" for p, (_, d) in zip(paths, shapes)))
         self.feature_dim = shapes[0][1]
         self.tokens_per_modality = [n for n, _ in shapes]
+        self.retrieval_path = self._path(cfg.retrieval_file) if cfg.retrieval_file else None
+        self.retrieved = load_retrieval_file(self.retrieval_path) if self.retrieval_path else None
+        self.cascade_source = ",".join(self._path(p) for p in cfg.cascade_manifests.split(",")) \
+            if cfg.cascade_manifests else ""
+        self.cascade = load_cascade_manifests(self.cascade_source.split(",")) if cfg.cascade_manifests else None
+
+    def _path(self, p: str) -> str:
+        return p if os.path.isabs(p) else os.path.join(self.cfg.data, p)
 
     def split_features(self, training: bool) -> MultiModalFeatures:
         """The feature stores as one split sees them (frame sampling per split, so
@@ -106,12 +115,7 @@ class CaptioningTask(FairseqTask):
 
     @classmethod
     def load_dictionary(cls, path):
-        if not os.path.isfile(path):
-            raise DataError(f"{path}: dictionary not found")
-        d = Dictionary.load(path)
-        for sym in RESERVED_SYMBOLS:
-            d.add_symbol(sym)
-        return d
+        return load_dictionary_with(path)
 
     @classmethod
     def setup_task(cls, cfg: CaptioningConfig, **kwargs):
@@ -124,41 +128,29 @@ class CaptioningTask(FairseqTask):
         decode every training item once for distillation."""
         path = os.path.join(self.cfg.data, f"{split}.tsv")
         training = split.startswith("train")
-        self.datasets[split] = CaptionDataset(
+        ds = CaptionDataset(
             read_manifest(path), path, self.split_features(training), self.dictionary,
             per=per or ("caption" if training else "item"),
             max_target_positions=self.cfg.max_target_positions,
             max_source_positions=self.cfg.max_source_positions,
             feature_check=self.cfg.feature_check, strict_vocab=training, shuffle=training,
             feature_dim=self.feature_dim)
-        if self.cfg.hybrid_distill_split and self.datasets[split].per == "caption":
-            distill = os.path.join(self.cfg.data, f"{self.cfg.hybrid_distill_split}.tsv")
-            self.datasets[split] = HybridDistillDataset(self.datasets[split], distill)
-        logger.info(f"{path}: {len(self.datasets[split])} examples")
+        if self.cfg.hybrid_distill_split and ds.per == "caption":
+            ds = HybridDistillDataset(ds, os.path.join(self.cfg.data, f"{self.cfg.hybrid_distill_split}.tsv"))
+        if self.retrieved is not None or self.cascade is not None:
+            ds = RetrievalDataset(ds, self.retrieved, self.retrieval_path, self.cfg.retrieval_topk,
+                                  self.cfg.retrieval_gt_prob, self.cfg.seed, self.cascade, self.cascade_source,
+                                  self.cfg.retrieval_test_rank)
+        self.loaded_dataset(split, ds)
+        logger.info(f"{path}: {len(ds)} examples")
 
-    def build_model(self, cfg, from_checkpoint=False):
-        model = super().build_model(cfg, from_checkpoint)
-        # fairseq does not tell the model whether it is being restored: initialise
-        # from a pretrained model (e.g. NACF from AR-B) only when building afresh.
-        if not from_checkpoint and hasattr(model, "init_from_pretrained"):
-            model.init_from_pretrained()
-        return model
-
-    def get_batch_iterator(self, dataset, **kwargs):
-        # fairseq(-fixed)'s batch_by_size drops a last batch whose size is not a multiple
-        # of --required-batch-size-multiple (default 8): fairseq-generate would silently
-        # skip up to 7 test items.  Evaluation datasets (also inside wrappers such as
-        # RDT's retrieval dataset) are batched with multiple 1.
+    def is_evaluation_dataset(self, dataset) -> bool:
         base = base_caption_dataset(dataset)
-        if base is not None and base.per == "item":
-            kwargs["required_batch_size_multiple"] = 1
-        return super().get_batch_iterator(dataset, **kwargs)
+        return base is not None and base.per == "item"
 
-    def build_generator(self, models, args, seq_gen_cls=None, extra_gen_cls_kwargs=None,
-                        prefix_allowed_tokens_fn=None):
-        if self.cfg.generator == "sequence":  # fairseq's own beam search / sampling
-            return super().build_generator(models, args, seq_gen_cls, extra_gen_cls_kwargs, prefix_allowed_tokens_fn)
-        return build_caption_generator(self.cfg.generator, self, models, args)
+    def training_targets(self, dataset):
+        base = base_caption_dataset(dataset)
+        return base.targets, lambda i: f"{base.manifest_path}: item {base.examples[i].item_id}"
 
     def max_positions(self):
         return (self.cfg.max_source_positions, self.cfg.max_target_positions)
@@ -166,7 +158,3 @@ class CaptioningTask(FairseqTask):
     @property
     def source_dictionary(self):
         return None
-
-    @property
-    def target_dictionary(self):
-        return self.dictionary

@@ -29,21 +29,22 @@ from typing import Dict, List, Optional
 
 import torch
 from fairseq.data import Dictionary
-from fairseq.dataclass import ChoiceEnum, FairseqDataclass
-from fairseq.tasks import FairseqTask, register_task
+from fairseq.dataclass import ChoiceEnum
+from fairseq.tasks import register_task
 from omegaconf import II, MISSING
 
 from ..data.manifest import DataError
 from ..data.vl_dataset import ImageLoader, VLDataset, read_vl_tsv
-from ..generators import build_caption_generator, generator_names
-from .captioning import RESERVED_SYMBOLS
+from ..generators import GeneratorContext
+from ..generators.options import DecodingConfig
+from .base import CaptionTaskBase, load_dictionary_with
 
 logger = logging.getLogger(__name__)
 BIN_RE = re.compile(r"<bin_(\d+)>")
 
 
 @dataclass
-class VisionLanguageConfig(FairseqDataclass):
+class VisionLanguageConfig(DecodingConfig):
     data: str = field(default=MISSING, metadata={"help": "folder with dict.txt, spm.model and <vl-task>_<split>.tsv"})
     vl_task: ChoiceEnum(["caption", "vqa", "grounding", "entailment"]) = field(
         default="caption", metadata={"help": "which of the four vision-language tasks"})
@@ -56,22 +57,15 @@ class VisionLanguageConfig(FairseqDataclass):
     seed: int = II("common.seed")
     max_source_positions: int = field(default=1024, metadata={"help": "image + prompt tokens"})
     max_target_positions: int = field(default=32, metadata={"help": "target tokens incl. </s>"})
-    generator: str = field(
-        default="sequence", metadata={"help": "decoding algorithm: " + ", ".join(generator_names())})
-    ctc_beam: int = field(default=1, metadata={"help": "--generator ctc: 1 = argmax + collapse; K > 1 = CTC prefix "
-                                                       "beam search (Table 11)"})
-    ctc_no_merge: bool = field(default=False, metadata={"help": "--generator ctc: drop blanks but keep repeats "
-                                                                "(for the --loss ce ablation)"})
 
 
 @register_task("vision_language", dataclass=VisionLanguageConfig)
-class VisionLanguageTask(FairseqTask):
+class VisionLanguageTask(CaptionTaskBase):
     cfg: VisionLanguageConfig
 
     def __init__(self, cfg: VisionLanguageConfig, dictionary: Dictionary, spm):
         super().__init__(cfg)
         self.dictionary, self.spm = dictionary, spm
-        self.num_positions = None  # N of a NARVL model, known after build_model
         image_dir = cfg.image_dir
         if image_dir and not os.path.isabs(image_dir):
             image_dir = os.path.join(cfg.data, image_dir)
@@ -81,14 +75,7 @@ class VisionLanguageTask(FairseqTask):
 
     @classmethod
     def load_dictionary(cls, path, num_bins: int = 1000):
-        if not os.path.isfile(path):
-            raise DataError(f"{path}: dictionary not found")
-        d = Dictionary.load(path)
-        for i in range(num_bins):
-            d.add_symbol(f"<bin_{i}>")
-        for sym in RESERVED_SYMBOLS:
-            d.add_symbol(sym)
-        return d
+        return load_dictionary_with(path, [f"<bin_{i}>" for i in range(num_bins)])
 
     @classmethod
     def setup_task(cls, cfg: VisionLanguageConfig, **kwargs):
@@ -130,46 +117,20 @@ class VisionLanguageTask(FairseqTask):
         ds = VLDataset(read_vl_tsv(path, self.cfg.vl_task, training), path, self.cfg.vl_task, self.images,
                        self.dictionary, self.encode, self.box_tokens,
                        max_target_positions=self.cfg.max_target_positions, shuffle=training)
-        self.datasets[split] = ds
-        if training and self.num_positions is not None:
-            self.check_fits(ds)
+        self.loaded_dataset(split, ds)
         logger.info(f"{path}: {len(ds)} examples")
 
-    def check_fits(self, ds: VLDataset) -> None:
-        """Refuse a query count N that cannot hold a training target with the blanks CTC
-        needs between repeats (L + repeats > N makes Eq. 1's alignment set empty)."""
-        from ..criterions.query_ctc import ctc_min_positions
+    def is_evaluation_dataset(self, dataset) -> bool:
+        return isinstance(dataset, VLDataset) and not dataset.shuffle
 
-        eos = self.dictionary.eos()
-        for i, t in enumerate(ds.targets):
-            need = ctc_min_positions([x for x in t.tolist() if x != eos])
-            if need > self.num_positions:
-                raise DataError(f"{ds.where(i)}: target needs {need} CTC positions (tokens + blanks between repeats), "
-                                f"the model has --num-queries {self.num_positions}: raise --num-queries")
+    def training_targets(self, dataset):
+        return dataset.targets, dataset.where
 
-    def build_model(self, cfg, from_checkpoint=False):
-        model = super().build_model(cfg, from_checkpoint)
-        if not from_checkpoint and hasattr(model, "init_from_pretrained"):
-            model.init_from_pretrained()
-        self.num_positions = getattr(model, "num_output_positions", None)
-        if self.num_positions is not None:
-            for split, ds in self.datasets.items():
-                if split.startswith("train"):
-                    self.check_fits(ds)
-        return model
-
-    def get_batch_iterator(self, dataset, **kwargs):
-        # fairseq(-fixed)'s batch_by_size drops a last partial batch unless the multiple is 1:
-        # evaluation datasets keep every row.
-        if isinstance(dataset, VLDataset) and not dataset.shuffle:
-            kwargs["required_batch_size_multiple"] = 1
-        return super().get_batch_iterator(dataset, **kwargs)
-
-    def build_generator(self, models, args, seq_gen_cls=None, extra_gen_cls_kwargs=None,
-                        prefix_allowed_tokens_fn=None):
-        if self.cfg.generator == "sequence":
-            return super().build_generator(models, args, seq_gen_cls, extra_gen_cls_kwargs, prefix_allowed_tokens_fn)
-        return build_caption_generator(self.cfg.generator, self, models, args)
+    def generator_context(self) -> GeneratorContext:
+        ctx = super().generator_context()
+        if self.cfg.vl_task == "grounding":  # CTC decodes exactly four <bin_i>
+            ctx.box_symbols = self.bin_token_ids()
+        return ctx
 
     # --------------------------------------------------------------------- evaluation
     def post_process_hypothesis(self, text: str) -> str:
@@ -212,8 +173,4 @@ class VisionLanguageTask(FairseqTask):
 
     @property
     def source_dictionary(self):
-        return self.dictionary
-
-    @property
-    def target_dictionary(self):
         return self.dictionary

@@ -14,11 +14,11 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from ..ofa_tsv import ENTAILMENT_LABELS  # the one list; its order fixes the toy draws
 from . import render
 from .captions import NUMBERS, RELATION_WORDS, SHAPE_NOUNS, SIZE_WORDS, choose, indefinite, plural, synonym
 from .scenes import IMAGE_SIZE, ImageObject, region, relations
 
-ENTAILMENT_LABELS = ("entailment", "neutral", "contradiction")
 _OPPOSITE = {"left": "right", "right": "left", "above": "below", "below": "above"}
 # Referring by position: (relation every other candidate must satisfy, phrase).
 _EXTREMES = {"left": ("on the left", "leftmost"), "right": ("on the right", "rightmost"),

@@ -1,0 +1,135 @@
+#!/usr/bin/env bash
+# The arena: every decoding paradigm on one feature folder, one AR teacher, one distilled
+# training split, one interleaved benchmark run, one table and one speed–quality chart.
+#
+#   1. AR model (ar_caption, the baseline and the teacher) on the raw captions;
+#   2. sequence-level distillation of every training item by the AR model (beam 5): train_distill;
+#   3. the retrieval file RDT is conditioned on (nar-caption-retrieve);
+#   4. one model per paradigm, all of the AR model's encoder and decoder size and dictionary,
+#      all trained on train_distill: NACF (masked LM + visual words + length predictor, from the
+#      AR weights), SAIC (group mask, k = $SAIC_K, from the AR weights), NARVL over features
+#      (learnable queries + Query-CTC, from the AR weights), RDT (bit diffusion, retrieved-sentence
+#      condition; its Semantic Transformer + Sentence Decoder blocks add up to the AR decoder depth);
+#   5. nar-caption-benchmark over all rows at once (rows interleaved, one thread, median + IQR,
+#      decoder passes, bare-forward multiples), markdown + JSON + Pareto PNG.
+#
+# Configuration (environment; defaults = the full toy-images arena of examples/arena/README.md):
+#   DATA RUN FEATS SIZE AR_EPOCHS NAR_UPDATES RDT_UPDATES SAIC_K BENCH_ITEMS PASSES THREADS LENGTHS METRICS
+#   ROWS=full|demo   (demo: one row per paradigm + AR greedy / beam 5)
+# Every step is skipped when its output exists (delete $RUN to start over); framework logs go to
+# $RUN/logs/, the console shows one line per step and per validation.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+export PATH="$PWD/.venv/bin:$PATH"
+DATA=${DATA:-data/toy/images}; RUN=${RUN:-runs/arena_images}
+FEATS=${FEATS:-}                                   # e.g. --feature-files appearance.h5,motion.h5
+SIZE=${SIZE:---embed-dim 256 --ffn-embed-dim 1024 --attention-heads 4 --encoder-layers 2 --decoder-layers 2}
+AR_EPOCHS=${AR_EPOCHS:-8}; NAR_UPDATES=${NAR_UPDATES:-1500}; RDT_UPDATES=${RDT_UPDATES:-$NAR_UPDATES}
+SAIC_K=${SAIC_K:-2}; BENCH_ITEMS=${BENCH_ITEMS:-250}; PASSES=${PASSES:-2}; THREADS=${THREADS:-1}
+LENGTHS=${LENGTHS:-8,16,32}; METRICS=${METRICS:-Bleu,METEOR,CIDEr-D}; ROWS=${ROWS:-full}
+U="$PWD/fairseq_nar_caption"
+LOGS="$RUN/logs"; mkdir -p "$LOGS"
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}  # one thread per training: two trainings share the 2 cores
+SECONDS=0
+step() { echo "== [$(printf '%4d' $SECONDS)s] $*"; }
+
+[ -f "$DATA/dict.txt" ] || { step "toy benchmark"; python -m fairseq_nar_caption.cli.make_toy_data --out "$(dirname "$DATA")" > "$LOGS/toy_data.log"; }
+
+COMMON="--task captioning $FEATS --dropout 0.1 --attention-dropout 0.1 --batch-size 64 --num-workers 0 \
+  --valid-subset val --no-epoch-checkpoints --cpu --no-progress-bar --log-interval 50 --seed ${SEED:-1}"
+OPT="--optimizer adam --adam-betas (0.9,0.98) --clip-norm 1.0 --lr-scheduler inverse_sqrt"
+
+# train NAME ARGS...: fairseq-train into $RUN/NAME, log in $LOGS/NAME.log, one console line per
+# validation; skipped once finished, an interrupted run resumes from its checkpoint_last.pt.
+train() {
+  local name=$1; shift
+  if grep -qs "done training" "$LOGS/$name.log" && [ -f "$RUN/$name/checkpoint_best.pt" ]; then
+    step "$name: trained (skipping; $LOGS/$name.log)"; return 0
+  fi
+  step "train $name (log: $LOGS/$name.log)"
+  fairseq-train "$DATA" --user-dir "$U" $COMMON --save-dir "$RUN/$name" "$@" >> "$LOGS/$name.log" 2>&1 &
+  local pid=$!
+  tail -n 0 --pid=$pid -F "$LOGS/$name.log" 2>/dev/null \
+    | grep --line-buffered -E "valid on 'val'" | sed -u -E "s/.*epoch ([0-9]+) \| valid on 'val' subset \| loss ([0-9.]+).*num_updates ([0-9]+).*/     $name: epoch \1, valid loss \2, \3 updates/" &
+  if ! wait $pid; then
+    echo "training $name failed; last lines of $LOGS/$name.log:" >&2; tail -n 15 "$LOGS/$name.log" >&2; exit 1
+  fi
+  wait  # the console filter ends with the training
+}
+
+# 1. the AR model: baseline and teacher
+AR="$RUN/ar/checkpoint_best.pt"
+OMP_NUM_THREADS=${AR_THREADS:-2} train ar --arch ar_caption $SIZE --criterion label_smoothed_cross_entropy --label-smoothing 0.1 \
+  $OPT --lr 1e-3 --warmup-updates 200 --max-epoch "$AR_EPOCHS" --best-checkpoint-metric loss
+
+# 2. one distillation (beam 5), shared by every NAR row; the split is named after the run, so
+#    several arenas can share one data folder
+KD=${KD:-train_distill_$(basename "$RUN")}
+if [ ! "$DATA/$KD.tsv" -nt "$AR" ]; then
+  step "distill the training split with the AR model (beam 5) -> $DATA/$KD.tsv"
+  OMP_NUM_THREADS=${AR_THREADS:-2} nar-caption-distill "$DATA" --path "$AR" --out-split "$KD" -- $FEATS --max-len-b 28 > "$LOGS/distill.log" 2>&1 \
+    || { tail -n 15 "$LOGS/distill.log" >&2; exit 1; }
+fi
+
+# 3. RDT's retrieved sentences (training items never retrieve their own captions)
+RET="$(cd "$RUN" && pwd)/retrieval.json"
+if [ ! -f "$RET" ]; then
+  step "retrieval file for RDT -> $RET"
+  nar-caption-retrieve "$DATA" --splits train,val,test --k 20 --out "$RET" ${FEATS:+$FEATS} > "$LOGS/retrieve.log" 2>&1 \
+    || { tail -n 15 "$LOGS/retrieve.log" >&2; exit 1; }
+fi
+
+# 4. one model per paradigm, same sizes, same distilled data; two trainings at a time (one core each)
+both() {  # both PID PID: wait for two background trainings, fail if either failed
+  local ok=0; wait "$1" || ok=1; wait "$2" || ok=1
+  [ $ok = 0 ] || { echo "a training failed (see above)" >&2; exit 1; }
+}
+NAR="--train-subset $KD $OPT --lr 5e-4 --warmup-updates 100 --max-update $NAR_UPDATES"
+train nacf --arch nacf --encoder-type transformer $SIZE --criterion nacf_loss --mask-ratio-low 0.35 \
+  --mask-ratio-high 0.9 --init-from-ar "$AR" $NAR --best-checkpoint-metric loss & P1=$!
+train saic --arch saic $SIZE --group-size "$SAIC_K" --criterion group_mask --curriculum-updates "$NAR_UPDATES" \
+  --p-hybr 1 --init-from-ar "$AR" $NAR --best-checkpoint-metric loss & P2=$!
+both $P1 $P2
+train narvl --arch narvl_features $SIZE --num-queries 40 --criterion query_ctc --label-smoothing 0.1 \
+  --init-from-ar "$AR" $NAR --best-checkpoint-metric loss & P1=$!
+# RDT's decoder depth = Semantic Transformer + Sentence Decoder blocks (default: 1 + 1 = the AR decoder's 2)
+RDT_SIZE=$(echo "$SIZE" | sed -E "s/--decoder-layers ([0-9]+)/${RDT_SIZE_LAYERS:---decoder-layers 1 --semantic-layers 1}/")
+train rdt --arch rdt $RDT_SIZE --seq-len 24 --retrieval-file "$RET" --criterion rdt_loss \
+  --train-subset "$KD" $OPT --lr 1e-3 --warmup-updates 200 --max-update "$RDT_UPDATES" --best-checkpoint-metric loss & P2=$!
+both $P1 $P2
+
+# 5. the benchmark: every row in one interleaved run (BENCH=0 stops after training: time on a quiet machine)
+if [ "${BENCH:-1}" = 0 ]; then step "trained; BENCH=0: benchmark skipped"; exit 0; fi
+A="--path $AR --max-len-b 30 $FEATS"
+ROW=(--row "AR beam 5=$A --beam 5" --row "AR greedy=$A --beam 1")
+N="--path $RUN/nacf/checkpoint_best.pt $FEATS --generator"
+S="--path $RUN/saic/checkpoint_best.pt --max-len-b 30 $FEATS --generator outline-fill"
+C="--path $RUN/narvl/checkpoint_best.pt $FEATS --generator ctc"
+R="--path $RUN/rdt/checkpoint_best.pt --retrieval-file $RET $FEATS --generator diffusion"
+if [ "$ROWS" = demo ]; then
+  ROW+=(--row "NACF CT-MP T=2 B=3=$N ct-mp --nar-iterations 2 --length-beam 3"
+        --row "SAIC k=$SAIC_K (1,1)=$S --outline-beam 1 --fill-beam 1"
+        --row "NARVL CTC=$C"
+        --row "RDT T=10=$R --diffusion-steps 10")
+else
+  ROW+=(--row "NACF MP T=1 B=1=$N mp --nar-iterations 1 --length-beam 1"
+        --row "NACF CT-MP T=2 B=3=$N ct-mp --nar-iterations 2 --length-beam 3"
+        --row "NACF CT-MP T=5 B=6 + AR teacher=$N ct-mp --nar-iterations 5 --length-beam 6 --teacher-path $AR"
+        --row "SAIC k=$SAIC_K (1,1)=$S --outline-beam 1 --fill-beam 1"
+        --row "SAIC k=$SAIC_K (5,1)=$S --outline-beam 5 --fill-beam 1"
+        --row "NARVL CTC=$C"
+        --row "NARVL CTC beam 5=$C --ctc-beam 5"
+        --row "RDT T=10=$R --diffusion-steps 10"
+        --row "RDT T=50=$R --diffusion-steps 50")
+fi
+step "benchmark: $(( ${#ROW[@]} / 2 )) rows, $BENCH_ITEMS items, $PASSES interleaved pass(es), $THREADS thread(s) (log: $LOGS/benchmark.log)"
+SWEEP=(); [ -n "$LENGTHS" ] && SWEEP=(--length-sweep "$LENGTHS")
+OMP_NUM_THREADS=$THREADS nar-caption-benchmark "$DATA" --subset test --threads "$THREADS" --max-items "$BENCH_ITEMS" \
+  --passes "$PASSES" --metrics "$METRICS" --baseline "AR beam 5" "${SWEEP[@]}" "${ROW[@]}" \
+  --title "${TITLE:-arena: $DATA}" --out-json "$RUN/benchmark.json" --out-md "$RUN/benchmark.md" \
+  --out-png "$RUN/benchmark.png" > /dev/null \
+  2> >(tee "$LOGS/benchmark.log" | grep --line-buffered "^\[benchmark\]" | sed -u 's/^/     /' >&2) \
+  || { sleep 1; tail -n 20 "$LOGS/benchmark.log" >&2; exit 1; }
+sleep 0.5  # the console filter's last lines
+step "done: $RUN/benchmark.md, $RUN/benchmark.png, $RUN/benchmark.json"
+cat "$RUN/benchmark.md"

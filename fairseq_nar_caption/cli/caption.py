@@ -1,0 +1,77 @@
+"""Caption images, videos or a feature file with a trained checkpoint.
+
+    nar-caption-caption photos/ --path runs/mine/checkpoint_best.pt --data data/mine
+    nar-caption-caption clip1.mp4 clip2.mp4 --path ckpt.pt --data data/clips --out clips.json
+    nar-caption-caption --features new/features.h5 --path ckpt.pt --data data/mine
+    nar-caption-caption photos/ --path nacf.pt --data data/mine -- --generator ct-mp --nar-iterations 2
+
+INPUTS are folders, list files or image / video files, as for ``nar-caption-extract``;
+item ids are the file names without extension.  ``--data`` is the folder the checkpoint
+was trained on: its ``extractor.json`` (written by ``nar-caption-extract``) names the
+extractor, which is run again here on ``--device`` (images or videos, whichever the model
+was trained on).  A feature file (``--features``, one per modality, comma-separated in the
+order of the model's ``--feature-files``) must carry the same extractor record, or it is
+refused.  Arguments after ``--`` go to fairseq-generate (default ``--beam 5``; e.g.
+``--generator ct-mp`` for a NACF model).  Prints ``item_id<TAB>caption`` lines and writes
+COCO results JSON (``[{"image_id": ..., "caption": ...}]``, what ``nar-caption-score
+--results`` reads).
+"""
+import argparse
+import json
+import logging
+import sys
+
+from ..data import extraction
+from ..data.manifest import DataError
+from ..utils import atomic_write_text
+from .common import add_device_arg, run_main
+
+
+def caption(inputs, path: str, data: str, features=None, generate_args=("--beam", "5"), device: str = "cpu",
+            batch_size=None, clip_weights=None):
+    """item id → caption (the CLI's work, without printing)."""
+    from ..hub import CaptionHub
+
+    if bool(inputs) == bool(features):
+        raise DataError("give image / video INPUTS or --features, not both and not neither")
+    logging.getLogger().setLevel(logging.WARNING)  # fairseq / hydra chatter off: captions are the output
+    hub = CaptionHub.from_pretrained(path, data, generate_args, device=device, clip_weights=clip_weights)
+    logging.getLogger().setLevel(logging.WARNING)  # loading leaves the root logger at DEBUG (hydra)
+    if features:
+        return hub.caption_feature_files(features.split(","))
+    items = extraction.list_media(inputs)
+    media = hub.media()
+    paths = [p for _, p in items]
+    caps = hub.caption_images(paths, batch_size or 16) if media == "image" else \
+        hub.caption_videos(paths, batch_size or 2)
+    return dict(zip([i for i, _ in items], caps))
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("inputs", nargs="*", help="folders, list files or image / video files")
+    p.add_argument("--path", required=True, help="checkpoint (any model of this suite)")
+    p.add_argument("--data", required=True, help="the data folder the checkpoint was trained on")
+    p.add_argument("--features", default=None, help="caption the items of these feature files instead")
+    p.add_argument("--out", default="captions.json", help="COCO results JSON (default captions.json)")
+    add_device_arg(p)
+    p.add_argument("--batch-size", type=int, default=None, help="items per extractor call (16 images / 2 videos)")
+    p.add_argument("--clip-weights", default=None, help="CLIP weights folder, if not where extraction found it")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    extra = argv[argv.index("--") + 1:] if "--" in argv else []
+    a = p.parse_args(argv[:argv.index("--")] if "--" in argv else argv)
+    caps = caption(a.inputs, a.path, a.data, a.features, extra or ["--beam", "5"], a.device, a.batch_size,
+                   a.clip_weights)
+    for item, c in caps.items():
+        print(f"{item}\t{c}")
+    atomic_write_text(a.out, json.dumps([{"image_id": i, "caption": c} for i, c in caps.items()], indent=1) + "\n")
+    print(f"wrote {a.out}: {len(caps)} captions", file=sys.stderr)
+
+
+def cli_main(argv=None) -> None:
+    """Console entry: exit 0; a known error is one line and exit 1 (``common.run_main``)."""
+    run_main(main, argv, "nar-caption-caption")
+
+
+if __name__ == "__main__":
+    cli_main()

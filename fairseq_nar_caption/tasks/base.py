@@ -1,0 +1,122 @@
+"""What the ``captioning`` and ``vision_language`` tasks share (one home for each rule):
+
+- the dictionary gets the reserved symbols ``<mask> <vis> <blank>`` appended, so AR
+  teachers and every NAR model share one index space;
+- evaluation datasets are batched with ``required_batch_size_multiple`` 1 (fairseq(-fixed)'s
+  ``batch_by_size`` would drop a last partial batch: fairseq-generate would silently
+  skip up to 7 items);
+- a model built afresh (not restored) may initialise itself from a pretrained one
+  (``init_from_pretrained``: NACF/SAIC/NARVL from AR weights, NARVL from OFA);
+- a CTC model's N output positions must hold every training target with the blanks
+  CTC needs between repeats (refused at load time, naming the file and the row);
+- ``build_generator``: ``--generator sequence`` is fairseq's beam search under the
+  package's vocabulary rule; the other names come from ``generators/``; a model the
+  generator cannot decode, or an option of another generator, is refused by name.
+"""
+import logging
+import os
+
+from fairseq.data import Dictionary
+from fairseq.tasks import FairseqTask
+
+from ..data.manifest import DataError
+from ..generators import (GeneratorContext, GeneratorError, RuledSequenceGenerator, banned_symbols,
+                          build_caption_generator, check_model_generator)
+from ..generators.base import RESERVED_SYMBOLS
+from ..generators.options import check_foreign_options
+
+logger = logging.getLogger(__name__)
+
+
+def load_dictionary_with(path: str, extra_symbols=()) -> Dictionary:
+    """``dict.txt`` + ``extra_symbols`` + the reserved symbols, in that order."""
+    if not os.path.isfile(path):
+        raise DataError(f"{path}: dictionary not found")
+    d = Dictionary.load(path)
+    for sym in list(extra_symbols) + list(RESERVED_SYMBOLS):
+        d.add_symbol(sym)
+    return d
+
+
+class CaptionTaskBase(FairseqTask):
+    num_positions = None  # N of a CTC model, known after build_model
+
+    def is_evaluation_dataset(self, dataset) -> bool:
+        raise NotImplementedError
+
+    def training_targets(self, dataset):
+        """(targets, where(i) → 'file: item/row') of a training dataset, for the CTC check."""
+        raise NotImplementedError
+
+    def get_batch_iterator(self, dataset, **kwargs):
+        if self.is_evaluation_dataset(dataset):
+            kwargs["required_batch_size_multiple"] = 1
+        return super().get_batch_iterator(dataset, **kwargs)
+
+    def load_dataset(self, split, epoch=1, combine=False, **kwargs):
+        raise NotImplementedError
+
+    def check_fits(self, dataset) -> None:
+        """Refuse a query count N that cannot hold a training target with the blanks CTC
+        needs between repeats (L + repeats > N makes NARVL Eq. 1's alignment set empty)."""
+        from ..criterions.query_ctc import ctc_min_positions
+
+        if self.num_positions is None:
+            return
+        eos = self.target_dictionary.eos()
+        targets, where = self.training_targets(dataset)
+        for i, t in enumerate(targets):
+            need = ctc_min_positions([x for x in t.tolist() if x != eos])
+            if need > self.num_positions:
+                raise DataError(f"{where(i)}: target needs {need} CTC positions (tokens + blanks between repeats), "
+                                f"the model has --num-queries {self.num_positions}: raise --num-queries")
+
+    def loaded_dataset(self, split, dataset):
+        """Register a freshly loaded split (and check it against a CTC model already built)."""
+        self.datasets[split] = dataset
+        if split.startswith("train"):
+            self.check_fits(dataset)
+
+    def build_model(self, cfg, from_checkpoint=False):
+        model = super().build_model(cfg, from_checkpoint)
+        # fairseq does not tell the model whether it is being restored: initialise from a
+        # pretrained model only when building afresh.
+        if not from_checkpoint and hasattr(model, "init_from_pretrained"):
+            model.init_from_pretrained()
+        self.num_positions = getattr(model, "num_output_positions", None)
+        for split, ds in self.datasets.items():
+            if split.startswith("train"):
+                self.check_fits(ds)
+        return model
+
+    # ------------------------------------------------------------------ decoding
+    def generator_context(self) -> GeneratorContext:
+        return GeneratorContext(load_model=self.load_extra_model)
+
+    def load_extra_model(self, path: str):
+        """A further checkpoint on this task's dictionary (e.g. NACF's AR teacher)."""
+        from fairseq import checkpoint_utils
+
+        models, _ = checkpoint_utils.load_model_ensemble([path], task=self)
+        return models[0]
+
+    def build_generator(self, models, args, seq_gen_cls=None, extra_gen_cls_kwargs=None,
+                        prefix_allowed_tokens_fn=None):
+        name = self.cfg.generator
+        if name != "sequence":
+            return build_caption_generator(name, models, self.target_dictionary, self.cfg, args,
+                                           self.generator_context())
+        check_foreign_options(self.cfg, None, name)
+        check_model_generator(name, models)
+        for m in models:
+            if not hasattr(m.decoder, "reorder_incremental_state"):
+                raise GeneratorError(f"--generator sequence needs an autoregressive decoder; "
+                                     f"{type(m).__name__} has none")
+        kwargs = dict(extra_gen_cls_kwargs or {})
+        kwargs["banned"] = banned_symbols(self.target_dictionary, getattr(self.cfg, "allow_unk", False))
+        return super().build_generator(models, args, seq_gen_cls or RuledSequenceGenerator, kwargs,
+                                       prefix_allowed_tokens_fn)
+
+    @property
+    def target_dictionary(self):
+        return self.dictionary

@@ -1,0 +1,131 @@
+"""The arena: every paradigm trains (through the real recipe, examples/arena/arena.sh, i.e.
+fairseq-train) and decodes through fairseq-generate on ONE toy feature folder, with one AR
+teacher and one distilled split; the benchmark charts them; model/generator mismatches and
+options of another generator are refused by name; NARVL over features decodes batch 1 as
+batched."""
+import json
+import os
+import re
+
+import pytest
+import torch
+
+from conftest import BIN, REPO, USER_DIR, decode_batched_and_single, run_cli
+from fairseq_nar_caption.cli import benchmark
+from fairseq_nar_caption.data.toy import ToyConfig, generate
+
+ONE_THREAD = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+
+# paradigm → (checkpoint folder, fairseq-generate arguments)
+ROWS = {
+    "AR beam 5": ("ar", ["--beam", "5", "--max-len-b", "30"]),
+    "NACF CT-MP": ("nacf", ["--generator", "ct-mp", "--nar-iterations", "2", "--length-beam", "2"]),
+    "SAIC outline-fill": ("saic", ["--generator", "outline-fill", "--outline-beam", "2", "--fill-beam", "1",
+                                   "--max-len-b", "30"]),
+    "NARVL CTC": ("narvl", ["--generator", "ctc"]),
+    "RDT diffusion": ("rdt", ["--generator", "diffusion", "--diffusion-steps", "5"]),
+}
+
+
+@pytest.fixture(scope="module")
+def arena(tmp_path_factory):
+    root = tmp_path_factory.mktemp("arena")
+    generate(str(root / "toy"), ToyConfig(seed=5, n_images=(200, 20, 24), n_videos=(4, 2, 2)), log=lambda s: None)
+    data, run = root / "toy" / "images", root / "run"
+    env = dict(ONE_THREAD, DATA=str(data), RUN=str(run), AR_EPOCHS="2", NAR_UPDATES="20", BENCH="0",
+               SIZE="--embed-dim 64 --ffn-embed-dim 128 --attention-heads 4 --encoder-layers 1 --decoder-layers 2",
+               PATH=BIN + os.pathsep + os.environ["PATH"])
+    p = run_cli(["bash", os.path.join(REPO, "examples", "arena", "arena.sh")], env=env, timeout=900)
+    return data, run, p.stdout
+
+
+def generate_args(run, name):
+    folder, args = ROWS[name]
+    extra = ["--retrieval-file", str(run / "retrieval.json")] if folder == "rdt" else []
+    return ["--path", str(run / folder / "checkpoint_best.pt"), *args, *extra]
+
+
+def test_arena_recipe_trains_every_paradigm_on_one_teacher_and_one_distillation(arena):
+    data, run, out = arena
+    for folder in ("ar", "nacf", "saic", "narvl", "rdt"):
+        assert (run / folder / "checkpoint_best.pt").is_file(), folder
+    kd = data / f"train_distill_{run.name}.tsv"
+    assert kd.is_file() and len(kd.read_text().splitlines()) == 201  # header + one teacher caption per image
+    for folder in ("nacf", "saic", "narvl", "rdt"):  # every NAR row trained on that one distilled split
+        log = (run / "logs" / f"{folder}.log").read_text()
+        assert f"train_distill_{run.name}.tsv: 200 examples" in log, folder
+    for folder in ("nacf", "saic", "narvl"):  # initialised from the one AR model
+        assert f"from {run}/ar/checkpoint_best.pt" in (run / "logs" / f"{folder}.log").read_text()
+    # the console shows steps and validations, not fairseq's configuration dump
+    assert "train nacf" in out and "valid loss" in out and "'_name'" not in out and "INFO" not in out
+
+
+@pytest.mark.parametrize("name", list(ROWS))
+def test_every_paradigm_decodes_through_fairseq_generate_on_the_same_folder(arena, name):
+    data, run, _ = arena
+    p = run_cli([os.path.join(BIN, "fairseq-generate"), str(data), "--user-dir", USER_DIR, "--task", "captioning",
+                 *generate_args(run, name), "--gen-subset", "test", "--batch-size", "8", "--cpu"], env=ONE_THREAD)
+    hyps = dict(re.findall(r"^H-(\d+)\t\S+\t(.*)$", p.stdout, re.M))
+    assert sorted(map(int, hyps)) == list(range(24))  # every test item, none dropped
+    words = {w for h in hyps.values() for w in h.split()}
+    assert words and not words & {"<unk>", "<mask>", "<vis>", "<blank>", "<pad>", "<s>"}  # one vocabulary rule
+
+
+def test_narvl_over_features_decodes_batch_one_as_batched(arena):
+    data, run, _ = arena
+    loaded, batched, single = decode_batched_and_single(str(data), generate_args(run, "NARVL CTC") + ["--cpu"],
+                                                        max_items=10, batch_size=8)
+    assert type(loaded.models[0]).__name__ == "NARVLFeatureModel"
+    assert all(single[k] == batched[k] for k in single) and len(single) == 10
+
+
+def test_a_generator_and_model_mismatch_is_refused_by_name(arena):
+    data, run, _ = arena
+    cases = [
+        (["--path", str(run / "nacf" / "checkpoint_best.pt")], r"--generator sequence cannot decode NACFModel"),
+        (["--path", str(run / "ar" / "checkpoint_best.pt"), "--generator", "ctc"],
+         r"--generator ctc cannot decode ARCaptionModel .*it decodes with --generator sequence"),
+        (["--path", str(run / "narvl" / "checkpoint_best.pt"), "--generator", "diffusion"],
+         r"--generator diffusion cannot decode NARVLFeatureModel .*--generator ctc"),
+        (["--path", str(run / "narvl" / "checkpoint_best.pt"), "--generator", "ctc", "--nar-iterations", "3"],
+         r"--nar-iterations is an option of --generator mp/ef/l2r/ct-mp/ct-ef/ct-l2r, not of --generator ctc"),
+        (["--path", str(run / "ar" / "checkpoint_best.pt"), "--diffusion-steps", "3"],
+         r"--diffusion-steps is an option of --generator diffusion, not of --generator sequence"),
+        (["--path", str(run / "nacf" / "checkpoint_best.pt"), "--generator", "mp", "--length-norm-alpha", "-100"],
+         r"--length-norm-alpha must be in \[0, 2\], got -100"),
+    ]
+    for args, message in cases:
+        p = run_cli([os.path.join(BIN, "fairseq-generate"), str(data), "--user-dir", USER_DIR, "--task", "captioning",
+                     *args, "--gen-subset", "test", "--cpu"], env=ONE_THREAD, check=False)
+        assert p.returncode != 0 and re.search(message, p.stderr), (args, p.stderr[-800:])
+        assert "H-0" not in p.stdout  # refused before anything is decoded
+
+
+def test_one_benchmark_run_charts_every_paradigm(arena, tmp_path):
+    data, run, _ = arena
+    rows = []
+    for name in ROWS:
+        rows += ["--row", f"{name}=" + " ".join(generate_args(run, name))]
+    torch_threads = torch.get_num_threads()
+    try:
+        result, sweep = benchmark.main([str(data), "--threads", "1", "--max-items", "8", "--warmup", "2",
+                                        "--throughput-batch", "4", "--metrics", "Bleu,CIDEr-D",
+                                        "--length-sweep", "8,12", "--sweep-items", "2", *rows,
+                                        "--out-json", str(tmp_path / "b.json"), "--out-png", str(tmp_path / "b.png"),
+                                        "--out-md", str(tmp_path / "b.md")])
+    finally:
+        torch.set_num_threads(torch_threads)
+    j = json.load(open(tmp_path / "b.json"))
+    by = {r["name"]: r for r in j["rows"]}
+    assert list(by) == list(ROWS) and all(r["n_items"] == 8 for r in j["rows"])
+    assert by["NARVL CTC"]["decoder_passes"] == 1  # one pass over the queries
+    assert by["RDT diffusion"]["decoder_passes"] == 5  # T denoising passes
+    assert by["NACF CT-MP"]["decoder_passes"] == 3  # the template pass + T = 2 (the length beam is one batch)
+    assert by["AR beam 5"]["decoder_passes"] > by["NARVL CTC"]["decoder_passes"]
+    from PIL import Image
+    assert json.loads(Image.open(tmp_path / "b.png").text["Points"]) == j["chart"]
+    assert [p["name"] for p in j["chart"]] == list(ROWS)
+    assert {"NARVL CTC", "RDT diffusion"} <= {k for k, v in sweep["rows"].items() if v.get("fixed_positions")}
+    assert set(sweep["rows"]["AR beam 5"]["ms"]) == {"8", "12"}
+    md = (tmp_path / "b.md").read_text()
+    assert all(f"| {name} |" in md for name in ROWS) and "decoder passes" in md
