@@ -89,8 +89,10 @@ class CaptionHub:
             a = torch.as_tensor(np.asarray(f, dtype=np.float32))
             if a.dim() != 2 or a.size(1) != dim:
                 raise ValueError(f"features[{k}]: shape {tuple(a.shape)}, the model expects (N, {dim})")
+            if a.size(0) == 0:
+                raise ValueError(f"features[{k}]: no feature vectors (shape {tuple(a.shape)})")
             check_feature_values(a.numpy(), f"features[{k}]",
-                                 getattr(self.loaded.task.cfg, "feature_max_abs", DEFAULT_MAX_ABS))
+                                 getattr(self.loaded.task.cfg, "feature_max_abs", DEFAULT_MAX_ABS) or None)
             arrays.append(a)
         out: List[str] = []
         for start in range(0, len(arrays), batch_size):

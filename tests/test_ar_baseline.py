@@ -177,3 +177,25 @@ def test_hub_captions_raw_feature_arrays_like_the_dataset(trained):
     assert hub.caption([store.get(i) for i in ids]) == [expected[i] for i in ids]
     with pytest.raises(ValueError, match=r"features\[0\]: shape \(5, 3\)"):
         hub.caption([np.zeros((5, 3))])
+
+
+def test_one_vocabulary_rule_bans_unk_from_ar_beam_search_unless_allowed(trained):
+    # a model that prefers <unk>: boost its (tied) output row; beam search must still never emit it
+    outs = {}
+    for allow in (False, True):
+        loaded, ds = _load(trained, "--beam", "5", *(["--allow-unk"] if allow else []))
+        d = loaded.task.target_dictionary
+        with torch.no_grad():
+            loaded.models[0].decoder.output_projection.weight[d.unk()] *= 0
+            loaded.models[0].decoder.output_projection.weight[d.unk()] += \
+                loaded.models[0].decoder.output_projection.weight[d.index("a")] * 2
+        outs[allow] = inference.decode_dataset(loaded, ds, batch_size=8)
+    assert not any("<unk>" in c.split() for c in outs[False].values())
+    assert any("<unk>" in c.split() for c in outs[True].values())  # the rule, not the model, kept it out
+
+
+def test_repeat_rate_counts_immediately_repeated_words():
+    from fairseq_nar_caption.evaluation.diversity import repeat_rate, unk_rate
+
+    assert repeat_rate(["a red red ball", "a red ball", "a ball a ball", "on on on"]) == 0.5
+    assert unk_rate(["a <unk> ball", "a ball"]) == 0.5 and repeat_rate([]) == 0.0

@@ -468,3 +468,84 @@ def test_console_entries_report_errors_under_their_installed_name(tmp_path):
 
     with pytest.raises(SystemExit, match=f"^[\\w.-]+: error: {tmp_path / 'none.json'}: score file not found$"):
         table.cli_main([str(tmp_path / "none.json")])
+
+
+# ----------------------------------------------------------------- models, tasks and generators (item 6, 7)
+def _fake_task(**kw):
+    from types import SimpleNamespace
+
+    from conftest import make_dictionary
+
+    d = make_dictionary("a red ball".split())
+    base = dict(target_dictionary=d, feature_dim=6, tokens_per_modality=[4], cfg=SimpleNamespace(_name="captioning"))
+    base.update(kw)
+    return SimpleNamespace(**base)
+
+
+def test_saic_group_size_beyond_the_positions_is_one_error():
+    from omegaconf import OmegaConf
+
+    from fairseq_nar_caption.models.saic import SAICConfig, SAICModel
+
+    cfg = OmegaConf.structured(SAICConfig(group_size=40, embed_dim=16, ffn_embed_dim=32, attention_heads=2,
+                                          encoder_layers=1, decoder_layers=1, max_source_positions=8,
+                                          max_target_positions=32))
+    with pytest.raises(DataError, match=r"--group-size must be in \[1, --max-target-positions 32\), got 40"):
+        SAICModel.build_model(cfg, _fake_task())
+
+
+def test_feature_model_under_a_pixel_task_is_one_error():
+    from types import SimpleNamespace
+
+    from omegaconf import OmegaConf
+
+    from fairseq_nar_caption.models.ar_caption import ARCaptionModel, CaptionModelConfig
+
+    vl = _fake_task(cfg=SimpleNamespace(_name="vision_language", vl_task="caption"))
+    del vl.feature_dim
+    cfg = OmegaConf.structured(CaptionModelConfig(embed_dim=16, ffn_embed_dim=32, attention_heads=2,
+                                                  encoder_layers=1, decoder_layers=1, max_source_positions=8,
+                                                  max_target_positions=16))
+    with pytest.raises(DataError, match="reads pre-extracted features: decode it with --task captioning"):
+        ARCaptionModel.build_model(cfg, vl)
+
+
+def test_rdt_without_its_retrieval_file_is_one_error():
+    from omegaconf import OmegaConf
+
+    from fairseq_nar_caption.models.rdt import RDTConfig, RDTModel
+
+    cfg = OmegaConf.structured(RDTConfig(embed_dim=16, ffn_embed_dim=32, attention_heads=2, encoder_layers=1,
+                                         semantic_layers=1, decoder_layers=1, seq_len=8, max_source_positions=8,
+                                         max_target_positions=16))
+    with pytest.raises(DataError, match="--retrieval-file"):
+        RDTModel.build_model(cfg, _fake_task(retrieved=None))
+
+
+def test_narvl_checkpoint_of_one_vl_task_refuses_another():
+    from types import SimpleNamespace
+
+    from fairseq_nar_caption.models.narvl import NARVLModel, NARVLModelConfig
+
+    cfg = NARVLModelConfig(embed_dim=16, ffn_embed_dim=32, attention_heads=2, encoder_layers=1, decoder_layers=1,
+                           resnet_layers="1,1,1", resnet_width=8, max_text_positions=8, patch_image_size=32,
+                           max_source_positions=64, max_target_positions=16, num_queries=4)
+    NARVLModel.build_model(cfg, _fake_task(cfg=SimpleNamespace(vl_task="caption")))
+    assert cfg.trained_vl_task == "caption"  # recorded on the first build, saved with the checkpoint's cfg
+    with pytest.raises(DataError, match="trained for --vl-task caption, not --vl-task vqa"):
+        NARVLModel.build_model(cfg, _fake_task(cfg=SimpleNamespace(vl_task="vqa")))
+
+
+@pytest.mark.parametrize("option, value, message", [
+    ("nar_min_length", -5, r"--nar-min-length must be >= 1, got -5"),
+    ("length_norm_alpha", -100.0, r"--length-norm-alpha must be in \[0, 2\], got -100"),
+    ("nar_iterations", 0, r"--nar-iterations must be >= 1"),
+])
+def test_out_of_range_decoding_options_are_one_error(option, value, message):
+    from types import SimpleNamespace
+
+    from fairseq_nar_caption.generators import build_caption_generator
+
+    stub = SimpleNamespace(forward_length=None, forward_decoder_nar=None)
+    with pytest.raises(DataError, match=message):
+        build_caption_generator("mp", [stub], _fake_task().target_dictionary, SimpleNamespace(**{option: value}))

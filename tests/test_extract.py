@@ -8,13 +8,12 @@ originals.  Tiny videos written by PyAV in the test go the same way with appeara
 import json
 import os
 import shutil
-import subprocess
 
 import h5py
 import numpy as np
 import pytest
 
-from conftest import BIN, USER_DIR, write_tsv
+from conftest import BIN, USER_DIR, run_cli, write_tsv
 from fairseq_nar_caption.cli import caption as caption_cli
 from fairseq_nar_caption.cli import extract as extract_cli
 from fairseq_nar_caption.data import extraction
@@ -42,7 +41,7 @@ def train(data, save, *extra):
            "--lr", "5e-3", "--batch-size", "8", "--required-batch-size-multiple", "1", "--num-workers", "0",
            "--disable-validation",
            "--no-epoch-checkpoints", "--save-dir", str(save), "--seed", "1", "--cpu", "--no-progress-bar", *extra]
-    subprocess.run(cmd, check=True, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    run_cli(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"})
     return save / "checkpoint_last.pt"
 
 
@@ -319,7 +318,7 @@ def test_rdt_captions_new_photos_conditioned_on_the_ranker(photo_model, tmp_path
            "--batch-size", "8", "--required-batch-size-multiple", "1", "--num-workers", "0", "--disable-validation",
            "--no-epoch-checkpoints", "--max-update", "15", "--save-dir", str(tmp_path / "rdt"), "--seed", "1",
            "--cpu", "--no-progress-bar"]
-    subprocess.run(cmd, check=True, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    run_cli(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"})
     ckpt = tmp_path / "rdt" / "checkpoint_last.pt"
     gen = ["--task", "rdt_captioning", "--retrieval-file", str(ret), "--diffusion-steps", "3"]
     out = tmp_path / "caps.json"
@@ -358,12 +357,11 @@ def test_narvl_captions_image_files_as_its_own_dataset_reads_them(tmp_path, monk
     prepare_vl_toy.build(str(tmp_path / "toy" / "images"), str(tmp_path / "vl"), 200, 16)
     task = ["--task", "vision_language", "--vl-task", "caption", "--image-dir", "../toy/images/pixels",
             "--patch-image-size", "64", "--num-bins", "16", "--max-target-positions", "64"]
-    subprocess.run([os.path.join(BIN, "fairseq-train"), str(tmp_path / "vl"), "--user-dir", USER_DIR, *task,
+    run_cli([os.path.join(BIN, "fairseq-train"), str(tmp_path / "vl"), "--user-dir", USER_DIR, *task,
                     "--arch", "narvl_tiny", "--num-queries", "64", "--criterion", "query_ctc", "--optimizer", "adam",
                     "--lr", "2e-3", "--batch-size", "4", "--max-update", "2", "--save-dir", str(tmp_path / "ck"),
                     "--num-workers", "0", "--disable-validation", "--no-epoch-checkpoints", "--no-progress-bar",
-                    "--seed", "1", "--cpu"], check=True, capture_output=True, text=True,
-                   env={**os.environ, "OMP_NUM_THREADS": "1"})
+                    "--seed", "1", "--cpu"], env={**os.environ, "OMP_NUM_THREADS": "1"})
     ckpt = str(tmp_path / "ck" / "checkpoint_last.pt")
     gen = [*task, "--generator", "ctc"]
     seen = []  # the model inputs of every decoded batch

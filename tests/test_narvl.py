@@ -341,10 +341,11 @@ def test_benchmark_hook_and_distillation_with_the_trained_model(vl_data, trained
     from fairseq_nar_caption.cli import benchmark, distill_vl
 
     gen_args = [*COMMON, "--path", str(trained_vqa), "--generator", "ctc"]
-    rows = benchmark.benchmark(str(vl_data), "test", [("NARVL", gen_args)], warmup=2, max_items=12,
-                               throughput_batch=0)
+    rows, _ = benchmark.benchmark(str(vl_data), "test", [("NARVL", gen_args)], warmup=2, max_items=12,
+                                  throughput_batch=0, log=lambda m: None)
     assert set(rows[0]["scores"]) == {"vqa_accuracy"} and rows[0]["n_items"] == 12
-    assert benchmark.task_metric_table(rows).startswith("| configuration | vqa_accuracy | latency ms (mean)")
+    assert rows[0]["decoder_passes"] == 1  # one pass over the queries
+    assert benchmark.task_metric_table(rows).startswith("| configuration | vqa_accuracy | latency ms (median [IQR])")
     out, outputs = distill_vl.distill_vl(str(vl_data), str(trained_vqa), "vqa", split="test",
                                          out_split="test_distilltest", batch_size=32, generate_args=COMMON[4:] + [
                                              "--generator", "ctc"])

@@ -184,7 +184,7 @@ def test_cli_end_to_end(tmp_path, capsys, monkeypatch):
     assert result["name"] == "toy" and result["num_images"] == 4
     scores = result["scores"]
     assert set(scores) == {"Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "CIDEr-D",
-                           "Novel", "Unique", "Vocab_words", "Vocab_usage", "Dist-2", "Dist-3"}
+                           "Novel", "Unique", "Vocab_words", "Vocab_usage", "Dist-2", "Dist-3", "Repeat", "Unk"}
     # Every hypothesis word matches (PTB tokenisation drops "A ... ." to "a blue square"), so
     # Bleu_1 is the brevity penalty: 9 hypothesis words against closest reference lengths
     # 3 + 3 + 3 (for the empty hypothesis) + 3 = 12 -> exp(1 - 12/9).

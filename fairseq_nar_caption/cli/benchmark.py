@@ -39,6 +39,7 @@ from ..evaluation.coco_metrics import coco_scores
 from ..evaluation.diversity import repeat_rate, unk_rate
 from ..evaluation.latency import interleaved_latency, interleaved_throughput, markdown_table, summarize
 from ..generators.options import GeneratorError
+from .common import run_main
 
 FIXED_POSITION_GENERATORS = ("ctc", "diffusion")
 
@@ -148,14 +149,24 @@ def _length_sweep(data, subset, rows, results, lengths, n_items, device, fp16, l
     if combos:
         log(f"[benchmark] length sweep {list(lengths)}: {len(combos)} forced-length configurations")
         loaded, datasets = _load_rows(data, subset, [(f"{n} L={L}", a) for n, L, a in combos], device, fp16)
-        lat = interleaved_latency(loaded, datasets, 1, warmup=2, max_items=n_items + 2, bare=False)
+        keep = []
+        for (name, L, _), ld, ds in zip(combos, loaded, datasets):
+            try:  # a length the model cannot produce (e.g. beyond its positions) is reported, not timed
+                inference.decode_batch(ld, inference.to_device(ds.collater([ds[0]]), ld.device, ld.fp16))
+                keep.append(True)
+            except (AssertionError, ValueError, IndexError) as e:
+                out[name].setdefault("infeasible", {})[str(L)] = str(e).splitlines()[0][:120]
+                keep.append(False)
+        combos = [c for c, k in zip(combos, keep) if k]
+        loaded = [x for x, k in zip(loaded, keep) if k]
+        datasets = [x for x, k in zip(datasets, keep) if k]
+        lat = interleaved_latency(loaded, datasets, 1, warmup=2, max_items=n_items + 2, bare=False) if combos else []
         for (name, L, _), res in zip(combos, lat):
             out[name]["ms"][str(L)] = summarize(res["times"])["median_ms"]
     for name, o in out.items():
         ms = o["ms"]
-        if len(ms) >= 2:
-            first, last = ms[str(min(lengths))], ms[str(max(lengths))]
-            o["growth"] = last / first
+        if str(min(lengths)) in ms and str(max(lengths)) in ms:
+            o["growth"] = ms[str(max(lengths))] / ms[str(min(lengths))]
     return {"lengths": list(lengths), "rows": out}
 
 
@@ -167,7 +178,8 @@ def sweep_table(sweep) -> str:
         if o.get("fixed_positions"):
             vals = ["fixed positions"] * len(lengths) + ["1.00 (cost independent of length)"]
         else:
-            vals = [f"{o['ms'][str(L)]:.1f}" for L in lengths] + [f"{o['growth']:.2f}x"]
+            vals = [f"{o['ms'][str(L)]:.1f}" if str(L) in o["ms"] else "infeasible" for L in lengths]
+            vals.append(f"{o['growth']:.2f}x" if "growth" in o else "-")
         lines.append("| " + " | ".join([name, *vals]) + " |")
     return "\n".join(lines)
 
@@ -248,8 +260,8 @@ def main(argv=None):
 
 
 def cli_main(argv=None) -> None:
-    """Console entry: returns None, so the console wrapper's sys.exit() sees success as 0."""
-    main(argv)
+    """Console entry: exit 0; a known error is one line and exit 1 (``common.run_main``)."""
+    run_main(main, argv, "nar-caption-benchmark")
 
 
 if __name__ == "__main__":

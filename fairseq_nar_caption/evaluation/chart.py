@@ -7,9 +7,13 @@ list in its metadata (``Points``), so a reader (and the tests) can check one aga
 other.
 """
 import json
+import logging
 from typing import Dict, List
 
-import matplotlib
+for _name in ("matplotlib", "PIL"):  # font-matching chatter when the root logger is at DEBUG (fairseq)
+    logging.getLogger(_name).setLevel(logging.WARNING)
+
+import matplotlib  # noqa: E402
 
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
@@ -39,8 +43,16 @@ def draw_pareto(points: List[Dict[str, object]], path: str, caption: str, title:
     if len(front) > 1:
         ax.step([p["latency_ms"] for p in front], [p["cider"] for p in front], where="post", color="tab:red",
                 alpha=0.6, lw=1.2, zorder=2, label="Pareto front")
-        ax.legend(loc="lower right", fontsize=8)
+        ax.legend(loc="best", fontsize=8)
     ax.set_xscale("log")
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    lo, hi = min(xs), max(xs)
+    ax.set_xlim(lo / 1.3, hi * 1.6)  # room for the labels
+    ticks = [t for t in (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000) if lo / 1.3 <= t <= hi * 1.6]
+    if ticks:
+        ax.set_xticks(ticks)
     ax.set_xlabel("batch-1 latency, ms (median, log scale)")
     ax.set_ylabel("CIDEr-D")
     ax.grid(True, which="both", alpha=0.3)

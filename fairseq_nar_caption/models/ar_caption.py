@@ -22,6 +22,7 @@ from omegaconf import II, open_dict
 import torch
 import torch.nn as nn
 
+from ..data.manifest import DataError
 from .modules.feature_encoder import FeatureEncoder
 from .modules.highway_encoder import HighwayFeatureEncoder
 
@@ -72,11 +73,14 @@ def transformer_config(cfg: CaptionModelConfig) -> TransformerConfig:
 def resolve_feature_dim(cfg: CaptionModelConfig, task) -> int:
     """The model's input dim: the task's store decides on first build and is saved in
     the checkpoint's cfg; a later task with other features is refused clearly."""
+    if not hasattr(task, "feature_dim"):
+        raise DataError(f"this model ({safe_getattr(cfg, '_name', 'ar_caption')}) reads pre-extracted features: decode it with --task captioning, "
+                         f"not --task {getattr(task.cfg, '_name', type(task).__name__)}")
     if cfg.input_feature_dim == 0:
         with open_dict(cfg):
             cfg.input_feature_dim = task.feature_dim
     elif cfg.input_feature_dim != task.feature_dim:
-        raise ValueError(f"model expects {cfg.input_feature_dim}-d features, the task's feature store "
+        raise DataError(f"model expects {cfg.input_feature_dim}-d features, the task's feature store "
                          f"({task.cfg.feature_files}) has {task.feature_dim}-d")
     return cfg.input_feature_dim
 

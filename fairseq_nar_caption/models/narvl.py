@@ -20,6 +20,7 @@ Encoder and decoder share one token embedding (as OFA); the output projection is
 tied to it unless ``--no-share-decoder-input-output-embed``.
 """
 import logging
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
@@ -31,9 +32,10 @@ from fairseq.models.transformer import TransformerDecoderBase
 from fairseq.modules import FairseqDropout, LayerNorm
 from fairseq.modules.transformer_layer import TransformerDecoderLayerBase
 from fairseq.utils import safe_getattr
-from omegaconf import II
+from omegaconf import II, DictConfig, open_dict
 from torch import Tensor
 
+from ..data.manifest import DataError
 from .ar_caption import (CaptionEncoderDecoderModel, CaptionModelConfig, ar_caption_tiny, build_encoder,
                          load_ar_weights, transformer_config)
 from .modules.ofa_encoder import OFAEncoder, build_backbone, grid_size, load_ofa_encoder
@@ -54,6 +56,9 @@ class NARVLConfig(CaptionModelConfig):
         default=None, metadata={"help": "initialise the encoder from an OFA checkpoint (modules/ofa_encoder.py "
                                         "mapping table) when building afresh"})
     patch_image_size: int = II("task.patch_image_size")
+    trained_vl_task: Optional[str] = field(
+        default=None, metadata={"help": "set on the first build from the task's --vl-task and saved in the "
+                                        "checkpoint: decoding it for another vision-language task is refused"})
 
 
 @dataclass
@@ -96,6 +101,15 @@ class _ImageTextModel(CaptionEncoderDecoderModel):
     def build_parts(cls, cfg, task):
         """What both models share: the Transformer config, the dictionary, the token embedding
         (shared by encoder prompt and decoder) and the OFA-style encoder."""
+        vl_task = getattr(getattr(task, "cfg", None), "vl_task", None)
+        if vl_task is None:
+            raise DataError(f"{cls.__name__} reads pixels and a prompt: use --task vision_language")
+        trained = safe_getattr(cfg, "trained_vl_task", None)
+        if trained is None:
+            with open_dict(cfg) if isinstance(cfg, DictConfig) else nullcontext():
+                cfg.trained_vl_task = vl_task
+        elif trained != vl_task:
+            raise DataError(f"this checkpoint was trained for --vl-task {trained}, not --vl-task {vl_task}")
         tcfg = transformer_config(cfg)
         dictionary = task.target_dictionary
         embed = build_shared_embedding(cfg, dictionary)

@@ -43,6 +43,7 @@ from fairseq.modules import LayerNorm
 from fairseq.modules.transformer_layer import TransformerDecoderLayerBase, TransformerEncoderLayerBase
 from torch import Tensor
 
+from ..data.manifest import DataError
 from .ar_caption import CaptionEncoderDecoderModel, CaptionModelConfig, resolve_feature_dim, transformer_config
 from .modules.bits import codebook, num_bits, predict_x0
 from .modules.feature_encoder import CaptionEncoderBase
@@ -132,8 +133,8 @@ class RDTVisualEncoder(CaptionEncoderBase):
         out = self.encoder_output(x.transpose(0, 1), padding_mask)
         if self.use_retrieval:
             if retrieved_tokens is None:
-                raise ValueError("this RDT model is conditioned on a retrieved sentence: use --task rdt_captioning "
-                                 "with --retrieval-file (or train with --no-retrieval)")
+                raise DataError("this RDT model is conditioned on a retrieved sentence: give the task "
+                                 "--retrieval-file (nar-caption-retrieve writes it), or train with --no-retrieval")
             lr = retrieved_tokens.size(1)
             if lr > self.retrieved_positions.num_embeddings:
                 raise ValueError(f"retrieved sentence of {lr} tokens exceeds --max-target-positions "
@@ -244,6 +245,9 @@ class RDTModel(CaptionEncoderDecoderModel):
         if cfg.seq_len < 2 or cfg.seq_len > cfg.max_target_positions:
             raise ValueError(f"--seq-len must be in [2, --max-target-positions {cfg.max_target_positions}], "
                              f"got {cfg.seq_len}")
+        if not cfg.no_retrieval and getattr(task, "retrieved", "given") is None:
+            raise DataError("this RDT model is conditioned on a retrieved sentence: give the task "
+                            "--retrieval-file (nar-caption-retrieve writes it), or train with --no-retrieval")
         tcfg = transformer_config(cfg)
         dictionary = task.target_dictionary
         n_bits = num_bits(len(dictionary))

@@ -75,6 +75,7 @@ from fairseq.modules import FairseqDropout, LayerNorm, PositionalEmbedding
 from fairseq.modules.transformer_layer import TransformerDecoderLayerBase
 from torch import Tensor
 
+from ..data.manifest import DataError
 from .ar_caption import (CaptionEncoderDecoderModel, CaptionModelConfig, build_encoder,
                          ar_caption_tiny, build_output_projection, load_ar_weights, transformer_config)
 from .modules.rpr_attention import IncrementalState, RelativePositionMultiheadAttention
@@ -289,8 +290,9 @@ class SAICModel(CaptionEncoderDecoderModel):
 
     @classmethod
     def build_model(cls, cfg: SAICConfig, task):
-        if cfg.group_size < 1:
-            raise ValueError(f"--group-size must be >= 1, got {cfg.group_size}")
+        if not 1 <= cfg.group_size < cfg.max_target_positions:
+            raise DataError(f"--group-size must be in [1, --max-target-positions {cfg.max_target_positions}), "
+                             f"got {cfg.group_size}")
         window = cfg.group_size if cfg.rpr_window is None else cfg.rpr_window
         if window < 0:
             raise ValueError(f"--rpr-window must be >= 0, got {window}")

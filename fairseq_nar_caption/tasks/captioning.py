@@ -56,6 +56,8 @@ class CaptioningConfig(DecodingConfig):
     feature_check: ChoiceEnum(["full", "lazy"]) = field(
         default="full", metadata={"help": "full: read every feature at load time and reject NaN/Inf; "
                                           "lazy: check ids/shapes at load, values when read"})
+    feature_max_abs: float = field(
+        default=1e4, metadata={"help": "refuse finite feature values beyond this magnitude as corrupt; 0 = no bound"})
     frames_per_video: int = field(
         default=0, metadata={"help": "K > 0: sample K frames per item from (T, D) per-frame features (NACF: 8); "
                                      "random segment sampling for training splits, segment centres otherwise"})
@@ -88,7 +90,7 @@ class CaptioningTask(CaptionTaskBase):
         super().__init__(cfg)
         self.dictionary = dictionary
         paths = [self._path(p) for p in cfg.feature_files.split(",")]
-        self.stores = [open_feature_store(p, cfg.feature_key_template) for p in paths]
+        self.stores = [open_feature_store(p, cfg.feature_key_template, cfg.feature_max_abs or None) for p in paths]
         shapes = [s.peek_shape() for s in self.split_features(training=False).stores]
         if len({d for _, d in shapes}) != 1:
             raise DataError("feature stores disagree on the feature dim: "

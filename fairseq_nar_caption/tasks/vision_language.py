@@ -51,6 +51,9 @@ class VisionLanguageConfig(DecodingConfig):
     image_dir: Optional[str] = field(
         default=None, metadata={"help": "the TSV image column holds ids of <image-dir>/<id>.png|jpg (relative to "
                                         "--data or absolute) instead of base64 images"})
+    image_check: ChoiceEnum(["full", "lazy"]) = field(
+        default="full", metadata={"help": "full: decode every image at load time; lazy: check files/headers at "
+                                          "load, decode when read"})
     bpe_model: str = field(default="spm.model", metadata={"help": "sentencepiece model (relative to --data)"})
     patch_image_size: int = field(default=480, metadata={"help": "images are resized to this square (OFA 480)"})
     num_bins: int = field(default=1000, metadata={"help": "box coordinate bins <bin_i> (OFA 1000)"})
@@ -116,7 +119,8 @@ class VisionLanguageTask(CaptionTaskBase):
         training = split.startswith("train")
         ds = VLDataset(read_vl_tsv(path, self.cfg.vl_task, training), path, self.cfg.vl_task, self.images,
                        self.dictionary, self.encode, self.box_tokens,
-                       max_target_positions=self.cfg.max_target_positions, shuffle=training)
+                       max_target_positions=self.cfg.max_target_positions, shuffle=training,
+                       image_check=self.cfg.image_check)
         self.loaded_dataset(split, ds)
         logger.info(f"{path}: {len(ds)} examples")
 
