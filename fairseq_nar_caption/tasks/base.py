@@ -13,7 +13,6 @@
   package's vocabulary rule; the other names come from ``generators/``; a model the
   generator cannot decode, or an option of another generator, is refused by name.
 """
-import logging
 import os
 
 from fairseq.data import Dictionary
@@ -24,9 +23,6 @@ from ..generators import (GeneratorContext, GeneratorError, RuledSequenceGenerat
                           build_caption_generator, check_model_generator)
 from ..generators.base import RESERVED_SYMBOLS
 from ..generators.options import check_foreign_options
-
-logger = logging.getLogger(__name__)
-
 
 def load_dictionary_with(path: str, extra_symbols=()) -> Dictionary:
     """``dict.txt`` + ``extra_symbols`` + the reserved symbols, in that order."""
@@ -52,9 +48,6 @@ class CaptionTaskBase(FairseqTask):
         if self.is_evaluation_dataset(dataset):
             kwargs["required_batch_size_multiple"] = 1
         return super().get_batch_iterator(dataset, **kwargs)
-
-    def load_dataset(self, split, epoch=1, combine=False, **kwargs):
-        raise NotImplementedError
 
     def check_fits(self, dataset) -> None:
         """Refuse a query count N that cannot hold a training target with the blanks CTC
