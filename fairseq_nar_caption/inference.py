@@ -81,15 +81,19 @@ def to_device(sample: dict, device: torch.device, fp16: bool = False) -> dict:
 
 
 @torch.no_grad()
+def caption_strings(task, generator, models, sample: dict) -> List[str]:
+    """Best hypothesis per sample of ``generator``, as a caption string (specials stripped)."""
+    hypos = task.inference_step(generator, models, sample)
+    strip = set(getattr(generator, "symbols_to_strip_from_output", None) or {task.target_dictionary.eos()})
+    d = task.target_dictionary
+    out = [d.string(h[0]["tokens"].int().cpu(), extra_symbols_to_ignore=strip) for h in hypos]
+    post = getattr(task, "post_process_hypothesis", None)  # e.g. sentencepiece detokenisation
+    return [post(s) for s in out] if post is not None else out
+
+
 def decode_batch(loaded: Loaded, sample: dict) -> List[str]:
     """Best hypothesis per sample, as a caption string (specials stripped)."""
-    hypos = loaded.task.inference_step(loaded.generator, loaded.models, sample)
-    strip = set(getattr(loaded.generator, "symbols_to_strip_from_output", None)
-                or {loaded.task.target_dictionary.eos()})
-    d = loaded.task.target_dictionary
-    out = [d.string(h[0]["tokens"].int().cpu(), extra_symbols_to_ignore=strip) for h in hypos]
-    post = getattr(loaded.task, "post_process_hypothesis", None)  # e.g. sentencepiece detokenisation
-    return [post(s) for s in out] if post is not None else out
+    return caption_strings(loaded.task, loaded.generator, loaded.models, sample)
 
 
 def decode_dataset(loaded: Loaded, dataset, batch_size: int = 64,

@@ -17,12 +17,13 @@ from fairseq_nar_caption.criterions.rdt_loss import ranking_loss, sentence_quali
 from fairseq_nar_caption.criterions.rdt_scst import CorpusCiderD
 from fairseq_nar_caption.data.manifest import DataError
 from fairseq_nar_caption.generators import build_caption_generator
-from fairseq_nar_caption.generators.diffusion import item_normal, reverse_step
+from fairseq_nar_caption.generators.diffusion import ddim_step, item_normal, reverse_step
 from fairseq_nar_caption.models.modules.bits import (bits_to_ids, codebook, ids_to_bits, num_bits, predict_x0,
                                                      threshold_ids)
 from fairseq_nar_caption.models.modules.ranking_attention import (MultiheadRankingAttention, ranked_attention,
                                                                   ranked_set_sizes)
-from fairseq_nar_caption.models.rdt import alpha_sigma, forward_noise, log_snr_gamma
+from fairseq_nar_caption.generators.options import GeneratorError
+from fairseq_nar_caption.models.rdt import RDTModel, alpha_sigma, forward_noise, log_snr_gamma
 
 
 # ----------------------------------------------------------------------------- bits
@@ -150,7 +151,7 @@ def test_sampler_runs_algorithm1_with_time_difference_and_cuts_at_the_first_eos(
     for w in ("w4", "w5", "w6", "w7"):
         d.add_symbol(w)
     cfg = SimpleNamespace(diffusion_steps=3, time_difference=1.0, cascade_steps=0, cascade_time_difference=0.0,
-                          diffusion_noise=False, diffusion_seed=7)
+                          diffusion_noise=False, diffusion_seed=7, diffusion_max_time=1.0)  # the reference's t' = 1
     gen = build_caption_generator("diffusion", [stub], d, cfg)
     sample = {"id": torch.tensor([4, 9]), "net_input": {"features": torch.zeros(2, 3, 2)}}
     hyps = gen.generate([stub], sample)
@@ -173,6 +174,162 @@ def test_sampler_runs_algorithm1_with_time_difference_and_cuts_at_the_first_eos(
     # an item's caption does not depend on its batch: x_T of item 9 alone is the same draw
     assert torch.equal(item_normal(torch.tensor([9]), (4, 3), 7, "cpu")[0], item_normal(sample["id"], (4, 3), 7,
                                                                                          "cpu")[1])
+
+
+
+# ----------------------------------------------------------------------------- issue #12: sampler options
+
+def stub_dictionary():
+    d = Dictionary()  # <s> <pad> </s> <unk> + 4 words = the stub's 8 codes
+    for w in ("w4", "w5", "w6", "w7"):
+        d.add_symbol(w)
+    return d
+
+
+def diffusion_cfg(**kw):
+    base = dict(diffusion_steps=2, time_difference=0.0, cascade_steps=0, cascade_time_difference=0.0,
+                diffusion_noise=False, diffusion_seed=7)
+    return SimpleNamespace(**{**base, **kw})
+
+
+def test_sampler_starts_within_the_training_range_of_t_by_default():
+    # training draws t' ~ U(0, 0.999): γ(0.999) = 12.9, but the reference's first step has γ(1) = 33.9
+    assert float(log_snr_gamma(torch.tensor(0.999))) == pytest.approx(12.93, abs=0.01)
+    assert float(log_snr_gamma(torch.tensor(1.0))) > 30
+    sample = {"id": torch.tensor([0]), "net_input": {"features": torch.zeros(1, 3, 2)}}
+    for max_time, first_t in ((None, 0.999), (1.0, 1.0), (0.7, 0.7)):
+        stub = StubRDT([5, 6, 2, 7])
+        cfg = diffusion_cfg() if max_time is None else diffusion_cfg(diffusion_max_time=max_time)
+        build_caption_generator("diffusion", [stub], stub_dictionary(), cfg).generate([stub], sample)
+        # T = 2: t' = min(1, max), then min(1/2, max)
+        assert torch.allclose(stub.calls[0][1], log_snr_gamma(torch.tensor([first_t])))
+        assert torch.allclose(stub.calls[1][1], log_snr_gamma(torch.tensor([min(0.5, first_t)])))
+    with pytest.raises(GeneratorError, match="diffusion-max-time"):
+        build_caption_generator("diffusion", [StubRDT([5])], stub_dictionary(), diffusion_cfg(diffusion_max_time=0))
+
+
+def test_ddim_step_by_hand_and_it_keeps_the_noise_that_eq5_erases():
+    model = SimpleNamespace(gamma=lambda t: log_snr_gamma(t, "cosine"))
+    x0 = torch.tensor([[[1.0, -1.0], [-1.0, 1.0]]])
+    eps = torch.tensor([[[0.5, -2.0], [1.5, 0.25]]])
+    t, s = 0.999, 0.9
+    g_t, g_s = cosine_gamma_by_hand(t), cosine_gamma_by_hand(s)
+    a_t, sig_t = math.sqrt(1 / (1 + math.exp(g_t))), math.sqrt(1 / (1 + math.exp(-g_t)))
+    a_s, sig_s = math.sqrt(1 / (1 + math.exp(g_s))), math.sqrt(1 / (1 + math.exp(-g_s)))
+    x_t = a_t * x0 + sig_t * eps  # Eq. 1
+    # with the right x̂0, DDIM lands exactly on Eq. 1 at s with the same ε (noise level σ_s = 0.988)
+    assert torch.allclose(ddim_step(model, x_t, t, s, x0), a_s * x0 + sig_s * eps, atol=1e-4)
+    x0_hat = torch.tensor([[[0.2, -0.6], [0.0, 0.8]]])
+    by_hand = a_s * x0_hat + sig_s * (x_t - a_t * x0_hat) / sig_t
+    assert torch.allclose(ddim_step(model, x_t, t, s, x0_hat), by_hand, atol=1e-4)
+    # Eq. 5 (the posterior mean, no noise) keeps almost nothing of ε at the first step: x_s ≈ α_s·x̂0
+    mean = reverse_step(model, x_t, t, s, x0)
+    assert (mean - a_s * x0).abs().max() < 0.05 and sig_s > 0.98
+
+
+def test_sampler_ddim_option_uses_ddim_steps():
+    stub = StubRDT([5, 6, 2, 7])
+    sample = {"id": torch.tensor([3]), "net_input": {"features": torch.zeros(1, 3, 2)}}
+    gen = build_caption_generator("diffusion", [stub], stub_dictionary(), diffusion_cfg(diffusion_sampler="ddim"))
+    gen.generate([stub], sample)
+    x_T = item_normal(sample["id"], (4, 3), 7, "cpu")
+    x0_hat = predict_x0(stub.denoise(x_T, torch.zeros(1), None, word_mask=gen.word_mask)[0], stub.book)
+    assert torch.allclose(stub.calls[1][0], ddim_step(stub, x_T, 0.999, 0.5, x0_hat), atol=1e-5)
+    with pytest.raises(GeneratorError, match="ddim is deterministic"):
+        build_caption_generator("diffusion", [stub], stub_dictionary(),
+                                diffusion_cfg(diffusion_sampler="ddim", diffusion_noise=True))
+
+
+class MixtureStubRDT(StubRDT):
+    """Slot 0: p(w4) = 0.4, p(w7) = 0.3, p(w6) = 0.3; slot 1: </s>."""
+
+    def denoise(self, x_t, gamma, encoder_out, self_cond=None, cascade_bits=None, word_mask=None):
+        self.calls.append((x_t.clone(), gamma.clone(), None))
+        logits = torch.full((x_t.size(0), self.seq_len, len(self.book)), -math.inf)
+        logits[:, 0, [4, 7, 6]] = torch.tensor([0.4, 0.3, 0.3]).log()
+        logits[:, 1:, 2] = 0.0
+        return logits, predict_x0(logits, self.book)
+
+
+def test_argmax_words_take_the_most_probable_word_where_the_nearest_code_of_the_mixture_does_not():
+    # x̂0 of slot 0 = 0.4·(+1,−1,−1) + 0.3·(+1,+1,+1) + 0.3·(+1,+1,−1) = (1, 0.2, −0.4): nearest code 110 = w6
+    stub = MixtureStubRDT([4, 2], seq_len=2)
+    sample = {"id": torch.tensor([0]), "net_input": {"features": torch.zeros(1, 3, 2)}}
+    nearest = build_caption_generator("diffusion", [stub], stub_dictionary(), diffusion_cfg()).generate([stub], sample)
+    argmax = build_caption_generator("diffusion", [stub], stub_dictionary(),
+                                     diffusion_cfg(diffusion_words="argmax")).generate([stub], sample)
+    assert nearest[0][0]["tokens"].tolist() == [6, 2]
+    assert argmax[0][0]["tokens"].tolist() == [4, 2]
+
+
+class NoEosStubRDT(StubRDT):
+    """Words w4 w5 w6 w7 in the 4 slots, never </s> first; p(</s>) is highest in slot 2 (0-based)."""
+
+    def denoise(self, x_t, gamma, encoder_out, self_cond=None, cascade_bits=None, word_mask=None):
+        self.calls.append((x_t.clone(), gamma.clone(), None))
+        logits = torch.full((x_t.size(0), self.seq_len, len(self.book)), -math.inf)
+        for slot, (w, eos) in enumerate([(4, -3.0), (5, -2.0), (6, -0.5), (7, -1.0)]):
+            logits[:, slot, w], logits[:, slot, 2] = 0.0, eos
+        return logits, predict_x0(logits, self.book)
+
+
+def test_eos_fallback_cuts_a_caption_without_eos_where_eos_is_most_probable():
+    stub = NoEosStubRDT([4, 5, 6, 7])
+    sample = {"id": torch.tensor([0]), "net_input": {"features": torch.zeros(1, 3, 2)}}
+    kept = build_caption_generator("diffusion", [stub], stub_dictionary(), diffusion_cfg()).generate([stub], sample)
+    cut = build_caption_generator("diffusion", [stub], stub_dictionary(),
+                                  diffusion_cfg(diffusion_eos_fallback=True)).generate([stub], sample)
+    assert kept[0][0]["tokens"].tolist() == [4, 5, 6, 7, 2]  # the reference: all L slots, </s> appended
+    assert cut[0][0]["tokens"].tolist() == [4, 5, 2]  # </s> where p(</s>) is highest (slot 2)
+    # a row that has a </s> is untouched by the fallback
+    stub2 = StubRDT([5, 2, 6, 7])
+    got = build_caption_generator("diffusion", [stub2], stub_dictionary(),
+                                  diffusion_cfg(diffusion_eos_fallback=True)).generate([stub2], sample)
+    assert got[0][0]["tokens"].tolist() == [5, 2]
+
+
+# ----------------------------------------------------------------------------- issue #12: loss slots
+
+class LossStubRDT(torch.nn.Module):
+    """What rdt_loss calls, with the logits as a leaf tensor (their gradient shows which slots train)."""
+
+    def __init__(self, vocab=8, seq_len=5):
+        super().__init__()
+        self.seq_len, self.n_bits, self.pad, self.eos = seq_len, num_bits(vocab), 1, 2
+        self.noise_schedule = "cosine"
+        self.cfg = SimpleNamespace(cascaded=False, self_cond_prob=0.0)
+        self.register_buffer("book", codebook(vocab, self.n_bits))
+        self.word_mask = torch.ones(vocab, dtype=torch.bool)
+        self.word_mask[[0, 1]] = False
+        self.logits = torch.zeros(2, seq_len, vocab, requires_grad=True)
+
+    fixed_length = RDTModel.fixed_length
+    sentence_mask = RDTModel.sentence_mask
+    to_bits = RDTModel.to_bits
+
+    def denoise(self, x_t, gamma, encoder_out, self_cond=None, cascade=None, word_mask=None):
+        logits = self.logits.masked_fill(~self.word_mask, -math.inf)
+        return logits, predict_x0(logits, self.book)
+
+    def forward_encoder(self, net_input):
+        return {}
+
+
+def test_loss_slots_all_trains_the_eos_slots_after_the_caption_and_sentence_does_not():
+    from fairseq_nar_caption.criterions.rdt_loss import RDTLossCriterion
+
+    sample = {"target": torch.tensor([[4, 5, 2, 1], [6, 2, 1, 1]]), "net_input": {}}  # words, </s>, <pad>
+    grads = {}
+    for slots in ("sentence", "all"):
+        model = LossStubRDT()
+        crit = RDTLossCriterion(SimpleNamespace(), 1.0, 1.0, 0.0, 0.12, 0.15, 0.1, 0.999, slots)
+        loss, _, _ = crit(model, sample)
+        loss.backward()
+        grads[slots] = model.logits.grad.abs().sum(-1)  # B x L
+    # the fixed-length targets are [4 5 </s> </s> </s>] and [6 </s> </s> </s> </s>]
+    assert (grads["sentence"][0, 3:] == 0).all() and (grads["sentence"][1, 2:] == 0).all()
+    assert (grads["sentence"][0, :3] > 0).all() and (grads["sentence"][1, :2] > 0).all()
+    assert (grads["all"] > 0).all()  # every slot after the first </s> learns </s>
 
 
 # ----------------------------------------------------------------------------- ranking attention (Eq. 15-23)
@@ -298,6 +455,39 @@ def test_retrieval_dataset_top1_at_test_and_topk_sampling_in_training(tiny_data)
         ds.set_epoch(epoch)
         seen.add(d.string(ds[0]["retrieved"]))  # row 0: item 1
     assert seen == {"a blue square", "a blue circle"}  # uniformly among the top-2 only
+
+
+def test_retrieval_condition_random_and_none_for_the_reliance_diagnostic(tiny_data):
+    from fairseq_nar_caption.tasks.rdt_captioning import RDTCaptioningConfig, RDTCaptioningTask
+    (tiny_data / "r.json").write_text(json.dumps({"k": 1, "items": {
+        "1": ["a blue square"], "2": ["a red circle"], "3": ["a red ball"]}}))
+    pool = {"a blue square", "a red circle", "a red ball"}  # every sentence of the file
+    got = {}
+    for cond in ("retrieved", "random", "none"):
+        task = RDTCaptioningTask.setup_task(RDTCaptioningConfig(data=str(tiny_data), retrieval_file="r.json",
+                                                                retrieval_condition=cond, seed=3))
+        d = task.target_dictionary
+        task.load_dataset("test")
+        ds = task.dataset("test")
+        batch = ds.collater([ds[i] for i in range(2)])
+        toks = batch["net_input"]["retrieved_tokens"]
+        got[cond] = [d.string(r[r.ne(d.pad())]) for r in toks]
+        if cond == "none":  # nothing: every retrieved slot is <pad>, i.e. masked out of the ST's attention
+            assert toks.eq(d.pad()).all()
+        if cond == "random":  # a sentence of the pool, the same on every read (seeded by (seed, index))
+            assert set(got[cond]) <= pool and [d.string(ds[i]["retrieved"]) for i in range(2)] == got[cond]
+            seen = set()
+            for seed in range(12):  # over seeds the draw covers the pool, not just the item's own retrieval
+                other = RDTCaptioningTask.setup_task(RDTCaptioningConfig(
+                    data=str(tiny_data), retrieval_file="r.json", retrieval_condition=cond, seed=seed))
+                other.load_dataset("test")
+                seen.add(d.string(other.dataset("test")[0]["retrieved"]))
+            assert seen == pool
+    assert got["retrieved"] == ["a red ball", "a red circle"]  # items 3, 2: their top-1
+    assert got["none"] == ["", ""]
+    with pytest.raises(ValueError, match="retrieval-condition"):
+        from fairseq_nar_caption.data.retrieval import RetrievalDataset
+        RetrievalDataset(task.dataset("test").dataset, None, "r.json", test_condition="nothing")
 
 
 def test_missing_retrieval_item_is_one_clear_error(tiny_data):

@@ -16,6 +16,12 @@
 # Configuration (environment; defaults = the full toy-images arena of examples/arena/README.md):
 #   DATA RUN FEATS SIZE AR_EPOCHS NAR_UPDATES RDT_UPDATES SAIC_K BENCH_ITEMS PASSES THREADS LENGTHS METRICS
 #   ROWS=full|demo   (demo: one row per paradigm + AR greedy / beam 5)
+#   GLAT=0.5         glancing training λ for NACF and NARVL (criterions/glancing.py; not in the papers);
+#                    GLAT=0 is the papers' training (examples/arena/README.md: the measured effect)
+#   NACF_POSITIONS=--scale-positions   NACF's position embeddings at the token scale (models/nacf.py);
+#                    NACF_POSITIONS= is fairseq's AR convention, under which an all-<mask> input collapses
+# Every NAR model is validated by decoding (--eval-cider: CIDEr-D of the generator its main row uses, on
+# the val split) and the benchmark decodes the checkpoint with the best validation CIDEr-D.
 # Every step is skipped when its output exists (delete $RUN to start over); framework logs go to
 # $RUN/logs/, the console shows one line per step and per validation.
 set -euo pipefail
@@ -24,9 +30,13 @@ export PATH="$PWD/.venv/bin:$PATH"
 DATA=${DATA:-data/toy/images}; RUN=${RUN:-runs/arena_images}
 FEATS=${FEATS:-}                                   # e.g. --feature-files appearance.h5,motion.h5
 SIZE=${SIZE:---embed-dim 256 --ffn-embed-dim 1024 --attention-heads 4 --encoder-layers 2 --decoder-layers 2}
-AR_EPOCHS=${AR_EPOCHS:-8}; NAR_UPDATES=${NAR_UPDATES:-1500}; RDT_UPDATES=${RDT_UPDATES:-$NAR_UPDATES}
+# NAR budget: 600 updates ≈ 30 min per model at one thread with two trainings sharing 2 cores (toy images,
+# 19 epochs of the 2000-item distilled split); RDT's cheaper updates: 1.5× as many (its curve is still
+# steep at 600: examples/rdt/README.md)
+AR_EPOCHS=${AR_EPOCHS:-4}; NAR_UPDATES=${NAR_UPDATES:-600}; RDT_UPDATES=${RDT_UPDATES:-$(( NAR_UPDATES * 3 / 2 ))}
 SAIC_K=${SAIC_K:-2}; BENCH_ITEMS=${BENCH_ITEMS:-250}; PASSES=${PASSES:-2}; THREADS=${THREADS:-1}
-LENGTHS=${LENGTHS:-8,16,30}; METRICS=${METRICS:-Bleu,METEOR,CIDEr-D}; ROWS=${ROWS:-full}
+LENGTHS=${LENGTHS:-8,16,30}; METRICS=${METRICS:-Bleu,METEOR,CIDEr-D}; ROWS=${ROWS:-full}; GLAT=${GLAT:-0.5}
+NACF_POSITIONS=${NACF_POSITIONS---scale-positions}
 U="$PWD/fairseq_nar_caption"
 LOGS="$RUN/logs"; mkdir -p "$LOGS"
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}  # one thread per training: two trainings share the 2 cores
@@ -50,7 +60,8 @@ train() {
   fairseq-train "$DATA" --user-dir "$U" $COMMON --save-dir "$RUN/$name" "$@" >> "$LOGS/$name.log" 2>&1 &
   local pid=$!
   tail -n 0 --pid=$pid -F "$LOGS/$name.log" 2>/dev/null \
-    | grep --line-buffered -E "valid on 'val'" | sed -u -E "s/.*epoch ([0-9]+) \| valid on 'val' subset \| loss ([0-9.]+).*num_updates ([0-9]+).*/     $name: epoch \1, valid loss \2, \3 updates/" &
+    | grep --line-buffered -E "valid on 'val'" \
+    | sed -u -E -e "s/.*epoch ([0-9]+) \| valid on 'val' subset \| loss ([0-9.]+)(.*\| cider ([0-9.]+))?.*num_updates ([0-9]+).*/     $name: epoch \1, valid loss \2, CIDEr-D \4, \5 updates/" -e "s/, CIDEr-D ,/,/" &
   if ! wait $pid; then
     echo "training $name failed; last lines of $LOGS/$name.log:" >&2; tail -n 15 "$LOGS/$name.log" >&2; exit 1
   fi
@@ -84,30 +95,35 @@ both() {  # both PID PID: wait for two background trainings, fail if either fail
   local ok=0; wait "$1" || ok=1; wait "$2" || ok=1
   [ $ok = 0 ] || { echo "a training failed (see above)" >&2; exit 1; }
 }
-NAR="--train-subset $KD $OPT --lr 5e-4 --warmup-updates 100 --max-update $NAR_UPDATES"
+# validation by decoding: the CIDEr-D of each model's main row picks its checkpoint_best.pt
+SELECT="--eval-cider --best-checkpoint-metric cider --maximize-best-checkpoint-metric"
+NAR="--train-subset $KD $OPT --lr 5e-4 --warmup-updates 100 --max-update $NAR_UPDATES $SELECT"
 train nacf --arch nacf --encoder-type transformer $SIZE --criterion nacf_loss --mask-ratio-low 0.35 \
-  --mask-ratio-high 0.9 --init-from-ar "$AR" $NAR --best-checkpoint-metric loss & P1=$!
+  --mask-ratio-high 0.9 --glat-ratio "$GLAT" $NACF_POSITIONS --init-from-ar "$AR" $NAR \
+  --generator ct-mp --nar-iterations 2 --length-beam 3 & P1=$!
 train saic --arch saic $SIZE --group-size "$SAIC_K" --criterion group_mask --curriculum-updates "$NAR_UPDATES" \
-  --p-hybr 1 --init-from-ar "$AR" $NAR --best-checkpoint-metric loss & P2=$!
+  --p-hybr 1 --init-from-ar "$AR" $NAR --generator outline-fill --outline-beam 1 --fill-beam 1 \
+  --eval-cider-args '{"max_len_b": 30}' & P2=$!
 both $P1 $P2
 train narvl --arch narvl_features $SIZE --num-queries 40 --criterion query_ctc --label-smoothing 0.1 \
-  --init-from-ar "$AR" $NAR --best-checkpoint-metric loss & P1=$!
+  --glat-ratio "$GLAT" --init-from-ar "$AR" $NAR --generator ctc & P1=$!
 # RDT's decoder depth = Semantic Transformer + Sentence Decoder blocks (default: 1 + 1 = the AR decoder's 2)
 RDT_SIZE=$(echo "$SIZE" | sed -E "s/--decoder-layers ([0-9]+)/${RDT_SIZE_LAYERS:---decoder-layers 1 --semantic-layers 1}/")
 train rdt --arch rdt $RDT_SIZE --seq-len 24 --retrieval-file "$RET" --criterion rdt_loss \
-  --train-subset "$KD" $OPT --lr 1e-3 --warmup-updates 200 --max-update "$RDT_UPDATES" --best-checkpoint-metric loss & P2=$!
+  --train-subset "$KD" $OPT --lr 1e-3 --warmup-updates 200 --max-update "$RDT_UPDATES" $SELECT \
+  --generator diffusion --diffusion-steps 10 --diffusion-eos-fallback & P2=$!
 both $P1 $P2
 
-# 5. the benchmark: every row in one interleaved run.  NAR rows decode their last checkpoint (the fixed
-#    budget): their validation loss (random masks / noise over the raw val captions) says little about
-#    models trained on distilled captions, so "best by loss" would pick an arbitrary early epoch. (BENCH=0 stops after training: time on a quiet machine)
+# 5. the benchmark: every row in one interleaved run; every model's checkpoint_best.pt (NAR: by validation
+#    CIDEr-D, not by a masked / noised loss over raw captions, which says little about models trained on
+#    distilled captions).  BENCH=0 stops after training (time the benchmark on a quiet machine).
 if [ "${BENCH:-1}" = 0 ]; then step "trained; BENCH=0: benchmark skipped"; exit 0; fi
 A="--path $AR --max-len-b 30 $FEATS"
 ROW=(--row "AR beam 5=$A --beam 5" --row "AR greedy=$A --beam 1")
-N="--path $RUN/nacf/checkpoint_last.pt $FEATS --generator"
-S="--path $RUN/saic/checkpoint_last.pt --max-len-b 30 $FEATS --generator outline-fill"
-C="--path $RUN/narvl/checkpoint_last.pt $FEATS --generator ctc"
-R="--path $RUN/rdt/checkpoint_last.pt --retrieval-file $RET $FEATS --generator diffusion"
+N="--path $RUN/nacf/checkpoint_best.pt $FEATS --generator"
+S="--path $RUN/saic/checkpoint_best.pt --max-len-b 30 $FEATS --generator outline-fill"
+C="--path $RUN/narvl/checkpoint_best.pt $FEATS --generator ctc"
+R="--path $RUN/rdt/checkpoint_best.pt --retrieval-file $RET $FEATS --generator diffusion --diffusion-eos-fallback"
 if [ "$ROWS" = demo ]; then
   ROW+=(--row "NACF CT-MP T=2 B=3=$N ct-mp --nar-iterations 2 --length-beam 3"
         --row "SAIC k=$SAIC_K (1,1)=$S --outline-beam 1 --fill-beam 1"
@@ -122,6 +138,7 @@ else
         --row "SAIC k=$SAIC_K (5,1)=$S --outline-beam 5 --fill-beam 1"
         --row "NARVL CTC=$C"
         --row "NARVL CTC beam 5=$C --ctc-beam 5"
+        --row "NARVL CTC + 1 refinement=$C --ctc-refine-passes 1"
         --row "RDT T=10=$R --diffusion-steps 10"
         --row "RDT T=50=$R --diffusion-steps 50")
 fi

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The full arena (examples/arena/README.md): longer training than `make demo`, every row of each
+# The full arena (examples/arena/README.md): longer training than `make demo` (AR 4 epochs, NAR 600
+# updates, RDT 900: arena.sh's defaults), every row of each
 # paradigm, METEOR, two interleaved benchmark passes and a forced-length sweep, on toy images and
 # toy videos; then the latency columns at the papers' base size (6-layer decoder, d 512, short training).
 #   bash examples/arena/full.sh [images|videos|base|all]   (default: all)

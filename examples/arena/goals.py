@@ -1,17 +1,24 @@
-"""The arena issue's speed goals, read off one benchmark JSON (nar-caption-benchmark --out-json).
+"""The arena's goals, read off one benchmark JSON (nar-caption-benchmark --out-json): the speed
+goals of the arena issue (#10) and the quality goals of issue #12.
 
-    python examples/arena/goals.py runs/arena_images/benchmark.json
+    python examples/arena/goals.py runs/arena_images/benchmark.json [--retrieved-cider 118.4]
 
 Prints one markdown line per goal: the measured figure and met / not met.  Rows are found by
 their names in examples/arena/arena.sh ("AR beam 5", "NARVL CTC", "NACF CT-MP T=2 ...",
-"SAIC k=2 (1,1)").
+"SAIC k=2 (1,1)", "RDT T=10"); a paradigm is the row name's first word.  ``--retrieved-cider``:
+the CIDEr-D of RDT's retrieved sentence alone on the same items (its goal needs it).
 """
+import argparse
 import json
-import sys
 
 
-def main(path):
-    j = json.load(open(path))
+def main(argv=None):
+    p = argparse.ArgumentParser()
+    p.add_argument("benchmark_json")
+    p.add_argument("--retrieved-cider", type=float, default=None)
+    a = p.parse_args(argv)
+    retrieved = a.retrieved_cider
+    j = json.load(open(a.benchmark_json))
     rows = {r["name"]: r for r in j["rows"]}
     sweep = (j.get("length_sweep") or {}).get("rows", {})
     base = rows["AR beam 5"]["latency"]["median_ms"]
@@ -50,8 +57,40 @@ def main(path):
         if ar:
             out.append(f"| (AR beam 5 growth {min(lengths)} → {max(lengths)} tokens, for comparison) | "
                        f"{ar:.2f}× (linear would be {max(lengths) / min(lengths):.1f}×) | |")
+    quality_goals(rows, speed, line, retrieved)
     print("\n".join(out))
 
 
+def quality_goals(rows, speed, line, retrieved=None):
+    """Issue #12: per paradigm, its best row at least 2x faster than AR beam 5 reaches >= 95 % of AR beam
+    5's CIDEr-D (CTC one pass >= 90 %); RDT T=10 within 1 CIDEr-D of T=50 and >= 20 above its
+    retrieved sentence."""
+    cider = {n: 100 * r["scores"]["CIDEr-D"] for n, r in rows.items()}
+    ar = cider["AR beam 5"]
+    for paradigm in ("NACF", "SAIC", "NARVL", "RDT"):
+        fast = [n for n in rows if n.split()[0] == paradigm and speed[n] >= 2]
+        if not [n for n in rows if n.split()[0] == paradigm]:
+            continue
+        if not fast:
+            line(f"{paradigm}: best row ≥ 2× faster reaches ≥ 95 % of AR beam 5", "no row is 2× faster", False)
+            continue
+        best = max(fast, key=cider.get)
+        line(f"{paradigm}: best row ≥ 2× faster reaches ≥ 95 % of AR beam 5 ({ar:.1f})",
+             f"{cider[best]:.1f} = {100 * cider[best] / ar:.0f} % ({best}, {speed[best]:.2f}×)", cider[best] >= 0.95 * ar)
+    ctc = [n for n in rows if n.split()[0] == "NARVL" and n.endswith("CTC")]
+    if ctc:
+        best = max(ctc, key=cider.get)
+        line("CTC (one pass) ≥ 90 % of AR beam 5", f"{cider[best]:.1f} = {100 * cider[best] / ar:.0f} % ({best})",
+             cider[best] >= 0.9 * ar)
+    t10 = next((n for n in rows if n.startswith("RDT") and "T=10" in n), None)
+    t50 = next((n for n in rows if n.startswith("RDT") and "T=50" in n), None)
+    if t10 and t50:
+        line("RDT T=10 within 1 CIDEr-D of T=50", f"{cider[t10]:.1f} vs {cider[t50]:.1f}",
+             cider[t10] >= cider[t50] - 1)
+    if t10 and retrieved is not None:
+        line("RDT T=10 ≥ 20 CIDEr-D above its retrieved sentence alone", f"{cider[t10]:.1f} vs {retrieved:.1f}",
+             cider[t10] >= retrieved + 20)
+
+
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main()

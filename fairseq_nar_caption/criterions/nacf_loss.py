@@ -13,6 +13,11 @@
   ``--visual-words-include-be``.
 λ = 0 gives NA-B.  Each term is a mean (over captions / predicted tokens); the
 criterion reports sample_size 1, as fairseq's nat_loss does.
+
+``--glat-ratio λ > 0`` (not in the paper; ``criterions/glancing.py``) replaces Eq. 4-5's random
+masking by glancing: a first pass without gradient on all ``<mask>`` (MP's first pass), d = the
+words it gets wrong, S = round(λ·d) target words shown at random positions (GLAT Eq. 6), the
+others masked and predicted (L_mlm on them).  L_len and L_vis are unchanged.
 """
 import math
 from dataclasses import dataclass, field
@@ -21,13 +26,13 @@ import torch
 import torch.nn.functional as F
 from fairseq import metrics
 from fairseq.criterions import FairseqCriterion, register_criterion
-from fairseq.dataclass import FairseqDataclass
 
 from ..data.visual_words import BE_FORMS, NOUN, VERB
+from .glancing import GlancingConfig, check_glancing, glance_count, glancing_ratio, sample_glance
 
 
 @dataclass
-class NACFLossConfig(FairseqDataclass):
+class NACFLossConfig(GlancingConfig):
     vis_weight: float = field(default=0.8, metadata={"help": "λ of L_vis (Eq. 8); 0 = NA-B"})
     mask_ratio_low: float = field(default=0.35, metadata={"help": "β_l (MSR-VTT 0.35, MSVD 0)"})
     mask_ratio_high: float = field(default=0.9, metadata={"help": "β_h (MSR-VTT 0.9, MSVD 1)"})
@@ -66,8 +71,11 @@ def smoothed_nll(logits, target, select, eps):
 @register_criterion("nacf_loss", dataclass=NACFLossConfig)
 class NACFLoss(FairseqCriterion):
     def __init__(self, task, vis_weight, mask_ratio_low, mask_ratio_high, length_weight, label_smoothing,
-                 visual_words_include_be):
+                 visual_words_include_be, glat_ratio=0.0, glat_ratio_final=-1.0, glat_anneal_updates=0):
         super().__init__(task)
+        self.glat = GlancingConfig(glat_ratio=glat_ratio, glat_ratio_final=glat_ratio_final,
+                                   glat_anneal_updates=glat_anneal_updates)
+        check_glancing(self.glat)
         if not 0 <= mask_ratio_low <= mask_ratio_high <= 1:
             raise ValueError(f"need 0 <= β_l <= β_h <= 1, got {mask_ratio_low}, {mask_ratio_high}")
         self.vis_weight, self.low, self.high = vis_weight, mask_ratio_low, mask_ratio_high
@@ -97,13 +105,25 @@ class NACFLoss(FairseqCriterion):
             raise ValueError(f"length target has {l_star.size(1)} classes, the model predicts {length_lprobs.size(1)}")
         len_loss = F.kl_div(length_lprobs, l_star, reduction="batchmean")
 
-        # L_mlm, Eq. 4-5
-        masked = random_mask(words, lengths, self.low, self.high, self.pad) & nonpad
+        # L_mlm, Eq. 4-5 (or glancing: module docstring)
+        ratio = glancing_ratio(self.glat, getattr(model, "num_updates", 0))
+        glat = {}
+        if ratio > 0 and model.training:
+            with torch.no_grad():
+                first = model.forward_decoder_nar(words.masked_fill(nonpad, self.mask), encoder_out)
+                distance = (first.argmax(-1).ne(words) & nonpad).sum(1)
+                shown = sample_glance(nonpad, glance_count(distance, ratio))
+            masked = nonpad & ~shown
+            if not masked.any():  # λ = 1 and every word wrong: keep one loss position per batch
+                masked = nonpad
+            glat = {"glat_shown": shown.sum().float() / nonpad.sum(), "glat_wrong": distance.sum().float() / nonpad.sum()}
+        else:
+            masked = random_mask(words, lengths, self.low, self.high, self.pad) & nonpad
         logits = model.forward_decoder_nar(words.masked_fill(masked, self.mask), encoder_out)
         mlm_loss, mlm_nll = smoothed_nll(logits, words, masked, self.eps)
 
         loss = self.length_weight * len_loss + mlm_loss
-        logging = {"mlm_loss": mlm_loss.data, "mlm_nll": mlm_nll.data, "len_loss": len_loss.data}
+        logging = {"mlm_loss": mlm_loss.data, "mlm_nll": mlm_nll.data, "len_loss": len_loss.data, **glat}
 
         # L_vis, Eq. 6-7: all-<vis> input, every non-pad position supervised
         if self.vis_weight > 0:
@@ -122,10 +142,11 @@ class NACFLoss(FairseqCriterion):
     @staticmethod
     def reduce_metrics(logging_outputs) -> None:
         n = len(logging_outputs)
-        for key in ("loss", "mlm_loss", "mlm_nll", "len_loss", "vis_loss"):
+        for key in ("loss", "mlm_loss", "mlm_nll", "len_loss", "vis_loss", "glat_shown", "glat_wrong"):
             vals = [log[key] for log in logging_outputs if key in log]
-            if vals:
-                metrics.log_scalar(key, sum(float(v) for v in vals) / n / math.log(2), n, round=3)
+            if vals:  # losses in bits; the glancing fractions as they are
+                scale = 1.0 if key.startswith("glat") else math.log(2)
+                metrics.log_scalar(key, sum(float(v) for v in vals) / n / scale, n, round=3)
 
     @staticmethod
     def logging_outputs_can_be_summed() -> bool:

@@ -17,6 +17,12 @@ without ``</s>`` (the generator appends it).  Per sentence, summed over the batc
 - ``--loss ce`` (Table 8 ablation): the first n = L queries are supervised position-wise
   with the target tokens, the remaining N − L with ``<blank>``; decode it with
   ``--generator ctc --ctc-no-merge`` (drop blanks only).
+- ``--glat-ratio λ > 0`` (not in the paper; ``criterions/glancing.py``): glancing training as
+  CTC-GLAT does it: a first pass without gradient, the best CTC alignment of the target under
+  it (Viterbi), S = round(λ·d) of the frames where the first pass disagrees with the alignment
+  counted (GLAT Eq. 6), that many frames chosen at random show their aligned token (a word or
+  ``<blank>``) in place of the query, and Eq. 1 is computed on the second pass.  The decoder
+  learns to complete a partly given alignment: what ``--ctc-refine-passes`` decoding asks of it.
 """
 import math
 from dataclasses import dataclass, field
@@ -26,12 +32,15 @@ import torch
 import torch.nn.functional as F
 from fairseq import metrics
 from fairseq.criterions import FairseqCriterion, register_criterion
-from fairseq.dataclass import ChoiceEnum, FairseqDataclass
+from fairseq.dataclass import ChoiceEnum
 from torch import Tensor
+
+from .glancing import (GlancingConfig, check_glancing, ctc_best_alignment, glance_count, glancing_ratio,
+                       sample_glance)
 
 
 @dataclass
-class QueryCTCConfig(FairseqDataclass):
+class QueryCTCConfig(GlancingConfig):
     loss: ChoiceEnum(["ctc", "ce"]) = field(
         default="ctc", metadata={"help": "ctc: Query-CTC (Eq. 1); ce: position-wise cross-entropy (Table 8)"})
     label_smoothing: float = field(default=0.0, metadata={"help": "ε of the uniform smoothing term"})
@@ -55,8 +64,14 @@ def strip_targets(target: Tensor, pad: int, eos: int):
 
 @register_criterion("query_ctc", dataclass=QueryCTCConfig)
 class QueryCTCCriterion(FairseqCriterion):
-    def __init__(self, task, loss="ctc", label_smoothing=0.0):
+    def __init__(self, task, loss="ctc", label_smoothing=0.0, glat_ratio=0.0, glat_ratio_final=-1.0,
+                 glat_anneal_updates=0):
         super().__init__(task)
+        self.glat = GlancingConfig(glat_ratio=glat_ratio, glat_ratio_final=glat_ratio_final,
+                                   glat_anneal_updates=glat_anneal_updates)
+        check_glancing(self.glat)
+        if glat_ratio > 0 and loss != "ctc":
+            raise ValueError("--glat-ratio glances at CTC alignments: use it with --loss ctc")
         d = task.target_dictionary
         if "<blank>" not in d.indices:
             raise ValueError("query_ctc needs a <blank> symbol in the dictionary")
@@ -69,13 +84,37 @@ class QueryCTCCriterion(FairseqCriterion):
         return F.ctc_loss(lprobs.transpose(0, 1), targets, out_lengths, tgt_lengths, blank=self.blank,
                           reduction="none", zero_infinity=False)
 
+    def glancing_pass(self, model, sample, targets, tgt_lengths, ratio: float):
+        """GLAT's two passes (module docstring): → (second-pass net output, revealed frames,
+        first-pass distance), both counts summed over the batch."""
+        encoder_out = model.forward_encoder(sample["net_input"])
+        with torch.no_grad():
+            first = model.decoder(encoder_out=encoder_out)
+            if first[1].get("padding_mask") is not None:
+                raise ValueError("--glat-ratio needs learnable queries (--decoder-input query)")
+            lp = model.get_normalized_probs(first, log_probs=True).float()
+            fits = torch.tensor([ctc_min_positions(t[:n].tolist()) <= lp.size(1)
+                                 for t, n in zip(targets, tgt_lengths.tolist())], device=lp.device)
+            aligned = ctc_best_alignment(lp, targets, tgt_lengths, self.blank)
+            wrong = lp.argmax(-1).ne(aligned) & fits.unsqueeze(1)
+            distance = wrong.sum(1)
+            reveal = sample_glance(fits.unsqueeze(1).expand_as(wrong), glance_count(distance, ratio))
+        glance = aligned.masked_fill(~reveal, self.pad)
+        return model.decoder(encoder_out=encoder_out, glance_tokens=glance), int(reveal.sum()), int(distance.sum())
+
     def forward(self, model, sample, reduce=True):
-        net_output = model(**sample["net_input"])
+        targets, tgt_lengths = strip_targets(sample["target"], self.pad, self.eos)
+        ratio = glancing_ratio(self.glat, getattr(model, "num_updates", 0))
+        glat = {}
+        if ratio > 0 and model.training:
+            net_output, revealed, distance = self.glancing_pass(model, sample, targets, tgt_lengths, ratio)
+            glat = {"glat_revealed": revealed, "glat_distance": distance}
+        else:
+            net_output = model(**sample["net_input"])
         lprobs = model.get_normalized_probs(net_output, log_probs=True).float()  # B x N x V
         pad_mask = net_output[1].get("padding_mask")
         bsz, n, _ = lprobs.shape
         out_lengths = (n - pad_mask.sum(1)) if pad_mask is not None else lprobs.new_full((bsz,), n, dtype=torch.long)
-        targets, tgt_lengths = strip_targets(sample["target"], self.pad, self.eos)
         if self.loss_type == "ctc":
             nll = self.ctc_nll(lprobs, targets, tgt_lengths, out_lengths)
             feasible = torch.isfinite(nll)
@@ -107,6 +146,7 @@ class QueryCTCCriterion(FairseqCriterion):
             "nsentences": bsz,
             "sample_size": max(ntokens, 1),
             "infeasible": int((~feasible).sum()),
+            **glat,
         }
         return loss, max(ntokens, 1), logging_output
 
@@ -118,6 +158,9 @@ class QueryCTCCriterion(FairseqCriterion):
         metrics.log_scalar("nll_loss", total("nll_loss") / sample_size / math.log(2), sample_size, round=3)
         # infeasible alignments (target needs more than N positions): a count, never hidden
         metrics.log_scalar_sum("infeasible", total("infeasible"))
+        if any("glat_revealed" in log for log in logging_outputs):  # glancing: frames shown per target token
+            metrics.log_scalar("glat_shown", total("glat_revealed") / sample_size, sample_size, round=3)
+            metrics.log_scalar("glat_wrong", total("glat_distance") / sample_size, sample_size, round=3)
 
     @staticmethod
     def logging_outputs_can_be_summed() -> bool:

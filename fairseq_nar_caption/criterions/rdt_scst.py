@@ -24,41 +24,17 @@ Validation decodes with the diffusion sampler (the task's ``--diffusion-steps``,
 ``--best-checkpoint-metric reward --maximize-best-checkpoint-metric``.
 """
 from dataclasses import dataclass, field
-from typing import Dict, List, Sequence
+from typing import Dict, List
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from fairseq import metrics
 from fairseq.criterions import FairseqCriterion, register_criterion
 from fairseq.dataclass import FairseqDataclass
-from pycocoevalcap.cider.cider_scorer import CiderScorer, cook_refs, cook_test
 from torch import Tensor
 
+from ..evaluation.coco_metrics import CorpusCiderD
 from ..models.rdt import forward_noise
-
-
-class CorpusCiderD(CiderScorer):
-    """pycocoevalcap's CIDEr-D with document frequencies and log N of a fixed corpus
-    (its own ``compute_cider`` would take them from the scored batch)."""
-
-    ref_len = property(lambda self: self._log_n, lambda self, value: None)  # compute_cider sets it: ignored
-
-    def __init__(self, corpus_refs: Sequence[Sequence[str]]):
-        super().__init__(n=4, sigma=6.0)
-        for refs in corpus_refs:
-            self.crefs.append(cook_refs(list(refs)))
-        self.compute_doc_freq()
-        self._log_n = float(np.log(float(len(self.crefs))))
-        self.crefs = []
-
-    def scores(self, hyps: Sequence[str], refs: Sequence[Sequence[str]]) -> np.ndarray:
-        self.crefs = [cook_refs(list(r)) for r in refs]
-        self.ctest = [cook_test(h) for h in hyps]
-        try:
-            return np.array(self.compute_cider())
-        finally:
-            self.crefs, self.ctest = [], []
 
 
 @dataclass

@@ -14,7 +14,11 @@ Retrieval file (written by ``cli/retrieve.py``), JSON::
   item's top-``topk`` retrieved sentences, uniformly (the reference samples 5 of its 20
   sentences, one per GT caption); the draw is seeded by (seed, epoch, index);
 - other splits: the top-1 sentence (``test_rank`` r > 0: the (r+1)-th, e.g. to decode one
-  image with several conditions for the diversity of Table VII).
+  image with several conditions for the diversity of Table VII).  ``test_condition`` (a
+  diagnostic of how much a model relies on its condition): ``random`` = a sentence drawn
+  from every sentence of the retrieval file (all are training captions), seeded by
+  (seed, index), unrelated to the image; ``none`` = a single <pad>, i.e. every retrieved
+  slot is masked out of the Semantic Transformer's attention.
 
 With ``cascade`` (item id → a first-stage model's caption, from manifests such as
 ``nar-caption-distill`` writes) the batch also gets ``cascade_tokens`` (B x T), the
@@ -33,6 +37,9 @@ from fairseq.data import BaseWrapperDataset, data_utils
 
 from .caption_dataset import base_caption_dataset, encode_caption
 from .manifest import DataError, read_manifest
+
+
+TEST_CONDITIONS = ("retrieved", "random", "none")
 
 
 def load_retrieval_file(path: str) -> Dict[str, List[str]]:
@@ -76,7 +83,7 @@ def require_items(found: dict, base, source: str, what: str) -> None:
 class RetrievalDataset(BaseWrapperDataset):
     def __init__(self, dataset, retrieved: Optional[Dict[str, List[str]]], retrieval_path: str, topk: int = 5,
                  gt_prob: float = 0.0, seed: int = 1, cascade: Optional[Dict[str, str]] = None,
-                 cascade_source: str = "", test_rank: int = 0):
+                 cascade_source: str = "", test_rank: int = 0, test_condition: str = "retrieved"):
         super().__init__(dataset)
         base = base_caption_dataset(dataset)
         if base is None:
@@ -84,6 +91,9 @@ class RetrievalDataset(BaseWrapperDataset):
         self.base, self.seed, self.epoch = base, seed, 1
         self.training = base.per == "caption"
         self.topk, self.gt_prob, self.test_rank = topk, gt_prob, test_rank
+        if test_condition not in TEST_CONDITIONS:
+            raise ValueError(f"--retrieval-condition must be one of {', '.join(TEST_CONDITIONS)}, got {test_condition!r}")
+        self.test_condition = test_condition
         if topk < 1 or not 0 <= gt_prob <= 1:
             raise ValueError(f"need --retrieval-topk >= 1 and 0 <= --retrieval-gt-prob <= 1, got {topk}, {gt_prob}")
         d, max_tokens = base.dictionary, base.max_target_positions
@@ -97,6 +107,9 @@ class RetrievalDataset(BaseWrapperDataset):
             keep = slice(0, topk) if self.training else slice(test_rank, test_rank + 1)
             self.retrieved = {i: [encode_caption(d, s, retrieval_path, i, max_tokens, strict=False)
                                   for s in retrieved[i][keep]] for i in base.item_order}
+            if not self.training and test_condition == "random":
+                self.pool = sorted({s for sents in retrieved.values() for s in sents})
+                self.pool_tokens = {}
         self.cascade = None
         if cascade is not None:
             require_items(cascade, base, cascade_source, "first-stage caption")
@@ -120,6 +133,15 @@ class RetrievalDataset(BaseWrapperDataset):
     def condition(self, index: int, item_id: str, target: torch.Tensor) -> torch.Tensor:
         options = self.retrieved[item_id]
         if not self.training:
+            if self.test_condition == "none":
+                return torch.tensor([self.base.dictionary.pad()])  # all masked out (retrieval_padding_mask)
+            if self.test_condition == "random":
+                with data_utils.numpy_seed(self.seed, index):
+                    k = int(np.random.randint(len(self.pool)))
+                if k not in self.pool_tokens:
+                    self.pool_tokens[k] = encode_caption(self.base.dictionary, self.pool[k], "retrieval pool", item_id,
+                                                         self.base.max_target_positions, strict=False)
+                return self.pool_tokens[k]
             return options[0]
         with data_utils.numpy_seed(self.seed, self.epoch, index):
             if self.gt_prob > 0 and np.random.rand() < self.gt_prob:

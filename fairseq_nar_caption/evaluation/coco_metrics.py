@@ -24,9 +24,11 @@ import os
 import shutil
 from typing import Dict, Iterable, List, Mapping, Sequence, Tuple
 
+import numpy as np
 import pycocoevalcap.spice
 from pycocoevalcap.bleu.bleu import Bleu
 from pycocoevalcap.cider.cider import Cider
+from pycocoevalcap.cider.cider_scorer import CiderScorer, cook_refs, cook_test
 from pycocoevalcap.meteor.meteor import Meteor
 from pycocoevalcap.rouge.rouge import Rouge
 from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
@@ -210,3 +212,28 @@ def _ptb_tokenize(texts: List[str]) -> List[str]:
         for k, (caption,) in tokenized.items():
             out[k] = caption
     return out
+
+
+class CorpusCiderD(CiderScorer):
+    """pycocoevalcap's CIDEr-D with the document frequencies and log N of a fixed corpus (its
+    own ``compute_cider`` would take them from the scored batch), so per-item scores of any
+    batch add up: over a whole split, the mean of ``scores`` is the corpus CIDEr-D of
+    ``coco_scores`` (up to tokenisation: this one splits on spaces, no PTB tokenizer)."""
+
+    ref_len = property(lambda self: self._log_n, lambda self, value: None)  # compute_cider sets it: ignored
+
+    def __init__(self, corpus_refs: Sequence[Sequence[str]]):
+        super().__init__(n=4, sigma=6.0)
+        for refs in corpus_refs:
+            self.crefs.append(cook_refs(list(refs)))
+        self.compute_doc_freq()
+        self._log_n = float(np.log(float(len(self.crefs))))
+        self.crefs = []
+
+    def scores(self, hyps: Sequence[str], refs: Sequence[Sequence[str]]) -> np.ndarray:
+        self.crefs = [cook_refs(list(r)) for r in refs]
+        self.ctest = [cook_test(h) for h in hyps]
+        try:
+            return np.array(self.compute_cider())
+        finally:
+            self.crefs, self.ctest = [], []

@@ -10,6 +10,12 @@
   non-blank-ending), K prefixes kept per query, candidates per query limited to the
   K most probable symbols.
 - ``--ctc-no-merge``: drop blanks but keep repeats (the ``--loss ce`` ablation, Table 8).
+- ``--ctc-refine-passes K`` (hybrid decoding, not in the paper; ``refine``): the one-pass draft
+  is refined by K more passes of the same decoder; pass k shows the ⌊N·f·k/K⌋ (f =
+  ``--ctc-refine-show``, default 1/2) most confident
+  draft frames (their argmax token, a word or ``<blank>``) in place of their queries, as glancing
+  training (``--glat-ratio``) shows aligned tokens, and re-predicts the other frames; shown frames
+  keep their token.  Then the collapse (or the prefix beam search) as above.  K = 0 is CTC.
 - grounding (``--vl-task grounding``): exactly four coordinates, by
   ``data.boxes.decode_box_ctc`` over the bin symbols (robust to CTC merging equal
   neighbours and to non-bin argmaxes).
@@ -25,7 +31,7 @@ from torch import Tensor
 
 from . import register_generator
 from .base import CaptionGenerator
-from .options import CTCOptions
+from .options import CTCOptions, GeneratorError
 
 
 def collapse(tokens: Tensor, blank: int, merge_repeats: bool = True) -> List[List[int]]:
@@ -89,6 +95,7 @@ class CTCGenerator(CaptionGenerator):
         super().__init__(models, dictionary, options, args, context, allow_unk)
         self.blank = dictionary.index("<blank>")
         self.beam, self.merge = options.ctc_beam, not options.ctc_no_merge
+        self.refine_passes, self.refine_show = options.ctc_refine_passes, options.ctc_refine_show
         # one output per query: the banned symbols and </s> (appended) never; <blank> is collapsed away
         self.never = torch.tensor(sorted((set(self.banned) | {self.eos}) - {self.blank}), dtype=torch.long)
         self.bin_ids = None
@@ -97,8 +104,9 @@ class CTCGenerator(CaptionGenerator):
 
     def decode(self, sample, encoder_out) -> List[List[Dict[str, Tensor]]]:
         lprobs, pad_mask = self.model.forward_decoder(encoder_out)  # one decoder pass: B x N x V
-        lprobs = lprobs.float()
-        lprobs[:, :, self.never.to(lprobs.device)] = -math.inf
+        lprobs = self.ruled(lprobs)
+        if self.refine_passes:
+            lprobs = self.refine(lprobs, pad_mask, encoder_out)
         rows = [lprobs[i] if pad_mask is None else lprobs[i][~pad_mask[i]] for i in range(lprobs.size(0))]
         if self.bin_ids is not None:
             from ..data.boxes import decode_box_ctc
@@ -113,6 +121,33 @@ class CTCGenerator(CaptionGenerator):
                                                                best.sum(1).tolist())]
         return [[self._hypo(list(p), s) for p, s in prefix_beam_search(lp.cpu(), self.blank, self.beam)]
                 for lp in rows]
+
+    def ruled(self, lprobs: Tensor) -> Tensor:
+        lprobs = lprobs.float()
+        lprobs[:, :, self.never.to(lprobs.device)] = -math.inf
+        return lprobs
+
+    def refine(self, lprobs: Tensor, pad_mask, encoder_out) -> Tensor:
+        """``--ctc-refine-passes``: K passes over the draft (module docstring).  Returns the
+        final B x N x V log-probs: a shown frame is certain of its token."""
+        if pad_mask is not None:
+            raise GeneratorError("--ctc-refine-passes needs learnable queries (--decoder-input query)")
+        conf, tokens = lprobs.max(-1)  # B x N
+        n = lprobs.size(1)
+        shown = torch.zeros_like(tokens, dtype=torch.bool)
+        for k in range(1, self.refine_passes + 1):
+            count = int(n * self.refine_show * k / self.refine_passes)
+            # ties broken by frame index (stable sort): the choice is batch-invariant
+            order = torch.sort(conf, dim=1, descending=True, stable=True).indices[:, :count]
+            shown = torch.zeros_like(shown).scatter_(1, order, True)
+            new, _ = self.model.forward_decoder(encoder_out, glance_tokens=tokens.masked_fill(~shown, self.pad))
+            new = self.ruled(new)
+            new_conf, new_tokens = new.max(-1)
+            tokens = torch.where(shown, tokens, new_tokens)
+            conf = torch.where(shown, conf, new_conf)
+            certain = torch.full_like(new, -math.inf).scatter_(2, tokens.unsqueeze(-1), 0.0)
+            lprobs = torch.where(shown.unsqueeze(-1), certain, new)
+        return lprobs
 
     def _hypo(self, tokens: List[int], score: float) -> Dict[str, Tensor]:
         """CTC scores a whole alignment: each token gets the mean share of its log-probability."""

@@ -1,6 +1,9 @@
 """RDT decoding: the reverse process of Eq. 3-7 / Algorithm 1.  ``--generator diffusion``
 with ``--diffusion-steps`` T, ``--time-difference`` Δ,
-``--diffusion-noise`` and ``--diffusion-seed``.
+``--diffusion-noise`` and ``--diffusion-seed``; ``--diffusion-max-time`` (t' of a step is at
+most this, default 0.999 = the training range; 1 = the reference), ``--diffusion-sampler``
+(``ddpm`` = Eq. 5-7, default; ``ddim``) and ``--diffusion-words`` (``nearest-code``, default;
+``argmax``) are the issue-#12 diagnostics (examples/rdt/README.md, "Quality diagnosis").
 
 Per batch:
 
@@ -8,14 +11,16 @@ Per batch:
    (``model.forward_encoder``);
 2. x_T ~ N(0, I) over the L word slots, drawn per item from ``seed + sample id`` so an
    item's caption does not depend on its batch (batch-1 = batched);
-3. for t = T … 1: t' = t/T, s' = max(t − 1 − Δ, 0)/T;
+3. for t = T … 1: t' = min(t/T, max-time), s' = min(max(t − 1 − Δ, 0)/T, max-time);
    x̂0 = f(x_t, γ(t'), G) with the previous x̂0 as self-condition (zeros at the first
    step), clamped to ±scale (a no-op for the softmax × code book prediction);
    α_s, α_t = sqrt(σ(−γ(s'))), sqrt(σ(−γ(t'))) (Eq. 3); μ_s = sqrt(σ(γ(s'))),
    c = −expm1(γ(s') − γ(t')) (Eq. 4); u = α_s·(x_t(1 − c)/α_t + c·x̂0) (Eq. 5);
    x_{t−1} = u, plus μ_s·sqrt(c)·ε (Eq. 6-7) only with ``--diffusion-noise``;
 4. the words are the nearest valid word codes of x_0 (``bits_to_ids``, never a non-word
-   symbol), cut at the first </s> (which is kept; one is appended if none);
+   symbol), cut at the first </s> (which is kept; one is appended if none; with
+   ``--diffusion-eos-fallback`` a row without </s> gets it in the slot where the last pass's
+   p(</s>) is highest);
    positional scores are the last pass's log-probabilities of the chosen words.
 
 Cascade (``--path first.pt:second.pt``): the first model decodes with
@@ -49,6 +54,17 @@ def reverse_step(model, x_t: Tensor, t: float, s: float, x0_hat: Tensor, noise: 
     return u + (mu_s ** 2 * c).sqrt() * noise  # Eq. 6-7
 
 
+def ddim_step(model, x_t: Tensor, t: float, s: float, x0_hat: Tensor) -> Tensor:
+    """One deterministic DDIM step (Song et al., η = 0) from t' = t to s' = s: the noise implied by
+    x_t, ε̂ = (x_t − α_t·x̂0)/σ_t (Eq. 1 solved for ε), is kept at s's level:
+    x_s = α_s·x̂0 + σ_s·ε̂, so every step's input has the noise level its γ(s') says (Eq. 5's
+    posterior mean instead shrinks x_t's noise to ~0 at the first step: x_s ≈ α_s·x̂0)."""
+    alpha_t, sigma_t = alpha_sigma(model.gamma(torch.tensor(t, dtype=torch.float32, device=x_t.device)))
+    alpha_s, sigma_s = alpha_sigma(model.gamma(torch.tensor(s, dtype=torch.float32, device=x_t.device)))
+    eps_hat = (x_t - alpha_t * x0_hat) / sigma_t
+    return alpha_s * x0_hat + sigma_s * eps_hat
+
+
 def item_normal(ids: Tensor, shape, seed: int, device) -> Tensor:
     """One N(0, I) draw of ``shape`` per item, from its own generator (seed + id)."""
     out = [torch.randn(shape, generator=torch.Generator().manual_seed(seed + int(i))) for i in ids.tolist()]
@@ -72,6 +88,8 @@ class DiffusionGenerator(CaptionGenerator):
         self.first_steps = options.cascade_steps or options.diffusion_steps
         self.first_delta = options.cascade_time_difference
         self.sample_noise, self.seed = options.diffusion_noise, options.diffusion_seed
+        self.max_time, self.words_from = options.diffusion_max_time, options.diffusion_words
+        self.sampler, self.eos_fallback = options.diffusion_sampler, options.diffusion_eos_fallback
         # the vocabulary rule as a word mask: logits and the nearest-word decision never reach a banned symbol
         self.word_mask = torch.ones(len(dictionary), dtype=torch.bool)
         self.word_mask[self.banned] = False
@@ -87,17 +105,34 @@ class DiffusionGenerator(CaptionGenerator):
         scale = model.bit_scale
         for k in range(steps, 0, -1):
             t, s = k / steps, max(k - 1 - delta, 0) / steps  # t' and s' (Algorithm 1, line 3)
+            t, s = min(t, self.max_time), min(s, self.max_time)  # within the training range of t'
             gamma = model.gamma(torch.full((bsz,), t, device=device))
             logits, x0_hat = model.denoise(x, gamma, encoder_out, x0_hat, cascade_bits,
                                            word_mask=self.word_mask.to(device))
             x0_hat = x0_hat.clamp(-scale, scale)
             noise = item_normal(ids * 1009 + k, shape, self.seed + 1, device) if self.sample_noise and s > 0 else None
-            x = reverse_step(model, x, t, s, x0_hat, noise)
+            if self.sampler == "ddim":
+                x = ddim_step(model, x, t, s, x0_hat)
+            else:
+                x = reverse_step(model, x, t, s, x0_hat, noise)
         return x, logits
 
+    def words(self, model, x0: Tensor, logits: Tensor) -> Tensor:
+        """B x L word ids of the final x_0: its nearest valid code, or the last pass's argmax."""
+        if self.words_from == "argmax":
+            return logits.argmax(-1)  # the banned symbols are at −∞ (word_mask)
+        return bits_to_ids(x0, model.book, self.word_mask.to(x0.device))
+
     def to_hypotheses(self, model, x0: Tensor, logits: Tensor) -> List[List[Dict[str, Tensor]]]:
-        words = bits_to_ids(x0, model.book, self.word_mask.to(x0.device))
-        lprobs = F.log_softmax(logits.float(), dim=-1).gather(-1, words.unsqueeze(-1)).squeeze(-1)
+        words = self.words(model, x0, logits)
+        all_lprobs = F.log_softmax(logits.float(), dim=-1)
+        if self.eos_fallback:  # no </s> in a row: put it in the slot (after the first) where p(</s>) is highest
+            none = ~words.eq(self.eos).any(1)
+            if none.any():
+                best = all_lprobs[:, 1:, self.eos].argmax(1) + 1
+                words = words.clone()
+                words[none, best[none]] = self.eos
+        lprobs = all_lprobs.gather(-1, words.unsqueeze(-1)).squeeze(-1)
         out = []
         for row, lp in zip(words, lprobs):
             ends = row.eq(self.eos).nonzero()
@@ -117,7 +152,7 @@ class DiffusionGenerator(CaptionGenerator):
             return self.to_hypotheses(first, x0, logits)
         second = self.models[1]
         # the first model's caption, cut at its first </s> and refilled with </s>, as bits
-        words = bits_to_ids(x0, first.book, first.word_mask)
+        words = self.words(first, x0, logits)
         words = words.masked_fill(first.sentence_mask(words).logical_not(), first.eos)
         cascade_bits = second.to_bits(second.fixed_length(words[:, : second.seq_len]))
         encoder_out = second.forward_encoder(sample["net_input"])

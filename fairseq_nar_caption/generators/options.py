@@ -80,10 +80,20 @@ class CTCOptions(FairseqDataclass):
                                                        "(NARVL Table 11)"})
     ctc_no_merge: bool = field(default=False, metadata={"help": "drop blanks but keep repeats (for the "
                                                                 "--loss ce ablation)"})
+    ctc_refine_passes: int = field(
+        default=0, metadata={"help": "hybrid decoding (not in the paper): K further decoder passes, pass k showing "
+                                     "the k/K · --ctc-refine-show most confident frames of the draft in place of "
+                                     "their queries (a model trained with --glat-ratio); 0 = one-pass CTC"})
+    ctc_refine_show: float = field(
+        default=0.5, metadata={"help": "fraction of the N frames the last refinement pass shows"})
 
     def validate(self):
         if self.ctc_beam < 1:
             raise GeneratorError(f"--ctc-beam must be >= 1, got {self.ctc_beam}")
+        if self.ctc_refine_passes < 0:
+            raise GeneratorError(f"--ctc-refine-passes must be >= 0, got {self.ctc_refine_passes}")
+        if not 0 < self.ctc_refine_show <= 1:
+            raise GeneratorError(f"--ctc-refine-show must be in (0, 1], got {self.ctc_refine_show}")
 
 
 @dataclass
@@ -98,6 +108,21 @@ class DiffusionOptions(FairseqDataclass):
     cascade_steps: int = field(default=0, metadata={"help": "T of the first model when decoding a cascade "
                                                             "(--path first.pt:second.pt); 0 = --diffusion-steps"})
     cascade_time_difference: float = field(default=0.0, metadata={"help": "Δ of the first model of a cascade"})
+    diffusion_max_time: float = field(
+        default=0.999, metadata={"help": "t' of a reverse step is at most this: 0.999 = the training range "
+                                         "t' ~ U(0, 0.999) (γ(1) = 33.9 is a time the model never saw); "
+                                         "1 = the reference's first step at t' = 1"})
+    diffusion_sampler: str = field(
+        default="ddpm", metadata={"help": "ddpm = Eq. 5-7, the posterior mean (+ noise with --diffusion-noise; "
+                                          "the paper / reference); ddim = deterministic DDIM, x_s = α_s·x̂0 + "
+                                          "σ_s·ε̂, which keeps x_T's noise at every step's level"})
+    diffusion_eos_fallback: bool = field(
+        default=False, metadata={"help": "a caption whose L slots hold no </s> is cut where the last pass gives </s> "
+                                         "its highest probability (default: all L slots are kept, as the reference)"})
+    diffusion_words: str = field(
+        default="nearest-code", metadata={"help": "how the final x_0 becomes words: nearest-code = the valid word "
+                                                  "nearest to the bits (the paper's thresholding); argmax = the "
+                                                  "last pass's most probable word per slot"})
 
     def validate(self):
         if self.diffusion_steps < 1 or self.cascade_steps < 0 or self.time_difference < 0 \
@@ -105,6 +130,14 @@ class DiffusionOptions(FairseqDataclass):
             raise GeneratorError(f"need T >= 1 and Δ >= 0, got --diffusion-steps {self.diffusion_steps} "
                                  f"--time-difference {self.time_difference} --cascade-steps {self.cascade_steps} "
                                  f"--cascade-time-difference {self.cascade_time_difference}")
+        if not 0 < self.diffusion_max_time <= 1:
+            raise GeneratorError(f"--diffusion-max-time must be in (0, 1], got {self.diffusion_max_time}")
+        if self.diffusion_sampler not in ("ddpm", "ddim"):
+            raise GeneratorError(f"--diffusion-sampler must be ddpm or ddim, got {self.diffusion_sampler!r}")
+        if self.diffusion_sampler == "ddim" and self.diffusion_noise:
+            raise GeneratorError("--diffusion-noise adds Eq. 7's noise to the ddpm sampler; ddim is deterministic")
+        if self.diffusion_words not in ("nearest-code", "argmax"):
+            raise GeneratorError(f"--diffusion-words must be nearest-code or argmax, got {self.diffusion_words!r}")
 
 
 @dataclass

@@ -137,6 +137,11 @@ class CaptionEncoderDecoderModel(FairseqEncoderDecoderModel):
     ``--generator`` values that decode the model (checked by the task)."""
 
     generators = ("sequence",)
+    num_updates = 0  # the training step, set by fairseq before every step (curricula and annealing read it)
+
+    def set_num_updates(self, num_updates):
+        super().set_num_updates(num_updates)
+        self.num_updates = num_updates
 
     def forward_encoder(self, net_input):
         return self.encoder.forward_torchscript(net_input)

@@ -47,6 +47,10 @@ class NACFConfig(CaptionModelConfig):
     num_categories: int = field(default=0, metadata={"help": "category embedding size (MSR-VTT: 20); 0 = none"})
     init_from_ar: Optional[str] = field(
         default=None, metadata={"help": "AR-B checkpoint (ar_caption, same sizes) to initialise from"})
+    scale_positions: bool = field(
+        default=False, metadata={"help": "multiply the learned position embeddings by sqrt(d) like the token "
+                                         "embeddings (off: fairseq's AR convention, where positions are ~12x "
+                                         "weaker than tokens and an all-<mask> input barely tells positions apart)"})
 
 
 def masked_mean(encoder_out: Dict[str, List[Tensor]]) -> Tensor:
@@ -69,6 +73,7 @@ class NACFDecoder(FairseqDecoder):
         self.embed_tokens = embed_tokens
         self.embed_scale = d ** 0.5
         self.embed_positions = PositionalEmbedding(cfg.max_target_positions, d, self.padding_idx, learned=True)
+        self.position_scale = self.embed_scale if cfg.scale_positions else 1.0
         self.embed_category = nn.Embedding(cfg.num_categories, d) if cfg.num_categories else None
         self.enhance_input = cfg.enhance_input
         self.layernorm_embedding = LayerNorm(d)
@@ -80,7 +85,10 @@ class NACFDecoder(FairseqDecoder):
     def forward(self, tokens: Tensor, encoder_out: Dict[str, List[Tensor]], **unused) -> Tensor:
         """tokens: B x N (words, <mask>, <vis>, <pad>) → logits B x N x V (Eq. 4, 7)."""
         pad_mask = tokens.eq(self.padding_idx)
-        x = self.embed_scale * self.embed_tokens(tokens) + self.embed_positions(tokens)
+        # an all-<mask> (or all-<vis>) input differs between positions only by the position embedding:
+        # --scale-positions gives it the tokens' scale (a trained AR model's learned positions have
+        # ~1/12 of the scaled token norm; a causal mask tells an AR decoder positions anyway)
+        x = self.embed_scale * self.embed_tokens(tokens) + self.position_scale * self.embed_positions(tokens)
         if self.enhance_input == "mean":
             x = x + masked_mean(encoder_out).unsqueeze(1)
         if self.embed_category is not None:

@@ -26,6 +26,7 @@ from typing import Dict, List, Optional
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from fairseq.dataclass import ChoiceEnum
 from fairseq.models import FairseqDecoder, register_model, register_model_architecture
 from fairseq.models.transformer import TransformerDecoderBase
@@ -132,6 +133,7 @@ class QueryDecoder(FairseqDecoder):
         d = cfg.embed_dim
         self.decoder_input = cfg.decoder_input
         self.num_queries = cfg.num_queries
+        self.embed_dim = d
         if cfg.decoder_input == "query":
             self.query_embed = nn.Embedding(cfg.num_queries, d)
             nn.init.normal_(self.query_embed.weight, std=0.02)
@@ -147,16 +149,27 @@ class QueryDecoder(FairseqDecoder):
         else:
             nn.init.normal_(self.output_projection.weight, mean=0, std=d ** -0.5)
 
-    def forward(self, prev_output_tokens=None, encoder_out: Dict[str, List[Tensor]] = None, **unused):
+    def forward(self, prev_output_tokens=None, encoder_out: Dict[str, List[Tensor]] = None,
+                glance_tokens: Optional[Tensor] = None, **unused):
         """→ (logits B x N x V, {"attn": None}).  ``prev_output_tokens`` is ignored: the
-        input is the queries (or the encoder output), independent of any target."""
+        input is the queries (or the encoder output), independent of any target.
+        ``glance_tokens`` (B x N; ``<pad>`` = keep the query): tokens shown at some query
+        positions instead of the query (glancing training, ``criterions/glancing.py``, and the
+        refinement passes of ``--ctc-refine-passes``), embedded with the (tied) output
+        embedding, scaled by sqrt(d) as the AR decoder's inputs."""
         enc = encoder_out["encoder_out"][0]  # S x B x d
         enc_mask = encoder_out["encoder_padding_mask"][0] if encoder_out["encoder_padding_mask"] else None
         bsz = enc.size(1)
         if self.decoder_input == "query":
             x = self.query_embed.weight[:, None, :].expand(-1, bsz, -1)  # N x B x d, broadcast over the batch
             self_pad = None
+            if glance_tokens is not None:
+                shown = glance_tokens.ne(self.dictionary.pad()).t().unsqueeze(-1)  # N x B x 1
+                emb = F.embedding(glance_tokens.t(), self.output_projection.weight) * self.embed_dim ** 0.5
+                x = torch.where(shown, emb.type_as(x), x)
         else:  # Tables 6-7: the encoder output is the decoder input
+            if glance_tokens is not None:
+                raise ValueError("glancing needs learnable queries (--decoder-input query)")
             x = enc
             self_pad = enc_mask
             if x.size(0) > self.embed_positions.num_embeddings:
@@ -212,9 +225,10 @@ class NARVLModel(_ImageTextModel):
         """One query-decoder pass (its N positions, whatever the caption length)."""
         return self.decoder(encoder_out=encoder_out)
 
-    def forward_decoder(self, encoder_out):
-        """One decoder pass → (log-probs B x N x V, padding mask B x N or None)."""
-        logits, extra = self.decoder(encoder_out=encoder_out)
+    def forward_decoder(self, encoder_out, glance_tokens: Optional[Tensor] = None):
+        """One decoder pass → (log-probs B x N x V, padding mask B x N or None); ``glance_tokens``:
+        tokens shown at some query positions (``QueryDecoder.forward``)."""
+        logits, extra = self.decoder(encoder_out=encoder_out, glance_tokens=glance_tokens)
         return torch.log_softmax(logits.float(), -1), extra["padding_mask"]
 
 

@@ -280,7 +280,6 @@ class SAICModel(CaptionEncoderDecoderModel):
         self.mask_idx = dictionary.index("<mask>")
         if self.mask_idx == dictionary.unk():
             raise ValueError("the dictionary lacks <mask> (the captioning task adds it)")
-        self.num_updates = 0  # t of the curriculum (Eq. 9), set by fairseq before every training step
 
     @property
     def generators(self):
@@ -309,10 +308,6 @@ class SAICModel(CaptionEncoderDecoderModel):
         if self.cfg.init_from_ar:
             load_ar_weights(self, self.cfg.init_from_ar, "SAIC",
                             allowed_new=lambda k: any(r in k for r in RPR_PARAMETERS))
-
-    def set_num_updates(self, num_updates):
-        super().set_num_updates(num_updates)
-        self.num_updates = num_updates
 
     def forward_outliner(self, prev_heads: Tensor, encoder_out, incremental_state: Optional[IncrementalState] = None,
                          group_size: Optional[int] = None) -> Tensor:

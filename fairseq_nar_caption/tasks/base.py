@@ -11,11 +11,21 @@
   CTC needs between repeats (refused at load time, naming the file and the row);
 - ``build_generator``: ``--generator sequence`` is fairseq's beam search under the
   package's vocabulary rule; the other names come from ``generators/``; a model the
-  generator cannot decode, or an option of another generator, is refused by name.
+  generator cannot decode, or an option of another generator, is refused by name;
+- ``--eval-cider`` (``EvalCiderConfig``): every validation also decodes the validation split
+  with the task's ``--generator`` and its options (the row the benchmark reports) and logs its
+  CIDEr-D as ``cider``, so ``--best-checkpoint-metric cider --maximize-best-checkpoint-metric``
+  selects checkpoints by what is reported, not by a masked / noised loss.
 """
+import json
 import os
+from argparse import Namespace
+from dataclasses import dataclass, field, fields
 
+from fairseq import metrics
 from fairseq.data import Dictionary
+from fairseq.dataclass import FairseqDataclass
+from fairseq.dataclass.configs import GenerationConfig
 from fairseq.tasks import FairseqTask
 
 from ..data.manifest import DataError
@@ -32,6 +42,17 @@ def load_dictionary_with(path: str, extra_symbols=()) -> Dictionary:
     for sym in list(extra_symbols) + list(RESERVED_SYMBOLS):
         d.add_symbol(sym)
     return d
+
+
+@dataclass
+class EvalCiderConfig(FairseqDataclass):
+    eval_cider: bool = field(
+        default=False, metadata={"help": "validation: decode the validation split with --generator and log its "
+                                         "CIDEr-D as 'cider' (select with --best-checkpoint-metric cider "
+                                         "--maximize-best-checkpoint-metric)"})
+    eval_cider_args: str = field(
+        default="{}", metadata={"help": "fairseq generation options of that decoding as JSON, e.g. "
+                                        "'{\"beam\": 5, \"max_len_b\": 30}' (AR / outline-fill)"})
 
 
 class CaptionTaskBase(FairseqTask):
@@ -81,6 +102,60 @@ class CaptionTaskBase(FairseqTask):
             if split.startswith("train"):
                 self.check_fits(ds)
         return model
+
+    # ------------------------------------------------------------------ validation by decoding
+    def valid_step(self, sample, model, criterion):
+        loss, sample_size, logging_output = super().valid_step(sample, model, criterion)
+        if getattr(self.cfg, "eval_cider", False):
+            logging_output.update(self.decode_cider(sample, model))
+        return loss, sample_size, logging_output
+
+    def decode_cider(self, sample, model) -> dict:
+        """Sum of per-item CIDEr-D of this batch's captions (``--eval-cider``); the document
+        frequencies are the whole validation split's, so the sums over the batches give the
+        split's corpus CIDEr-D (``evaluation.coco_metrics.CorpusCiderD``)."""
+        from ..evaluation.coco_metrics import CorpusCiderD
+        from ..inference import caption_strings
+
+        if "references" not in sample:
+            raise DataError("--eval-cider needs a per-item validation split with references")
+        key = id(model)
+        if getattr(self, "_cider_generator", (None, None))[0] != key:
+            try:
+                overrides = json.loads(self.cfg.eval_cider_args or "{}")
+            except json.JSONDecodeError as e:
+                raise DataError(f"--eval-cider-args is not JSON ({e}): {self.cfg.eval_cider_args}")
+            args = {f.name: getattr(GenerationConfig(), f.name) for f in fields(GenerationConfig) if f.name != "_name"}
+            unknown = sorted(set(overrides) - set(args))
+            if unknown:
+                raise DataError(f"--eval-cider-args: not fairseq generation options: {', '.join(unknown)}")
+            args.update(overrides)
+            self._cider_generator = (key, self.build_generator([model], Namespace(**args)))
+        if not hasattr(self, "_cider_scorers"):
+            self._cider_scorers = {}
+        first = sample["item_ids"][0]
+        split = next((name for name, ds in self.datasets.items() if self.is_evaluation_dataset(ds)
+                      and first in self.split_references(ds)), None)
+        if split is None:
+            raise DataError(f"--eval-cider: item {first} is in no loaded validation split")
+        if split not in self._cider_scorers:
+            self._cider_scorers[split] = CorpusCiderD(list(self.split_references(self.datasets[split]).values()))
+        hyps = caption_strings(self, self._cider_generator[1], [model], sample)
+        scores = self._cider_scorers[split].scores(hyps, sample["references"])
+        return {"_cider_sum": float(scores.sum()), "_cider_n": len(hyps)}
+
+    def split_references(self, dataset) -> dict:
+        """item id → reference captions of an evaluation dataset."""
+        raise NotImplementedError
+
+    def reduce_metrics(self, logging_outputs, criterion):
+        super().reduce_metrics(logging_outputs, criterion)
+        n = sum(log.get("_cider_n", 0) for log in logging_outputs)
+        if n:
+            metrics.log_scalar("_cider_sum", sum(log.get("_cider_sum", 0.0) for log in logging_outputs))
+            metrics.log_scalar("_cider_n", n)
+            metrics.log_derived("cider", lambda meters: round(100 * meters["_cider_sum"].sum
+                                                              / max(meters["_cider_n"].sum, 1), 2))
 
     # ------------------------------------------------------------------ decoding
     def generator_context(self) -> GeneratorContext:

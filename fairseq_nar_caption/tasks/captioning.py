@@ -39,13 +39,13 @@ from ..data.manifest import DataError, read_manifest
 from ..data.retrieval import RetrievalDataset, load_cascade_manifests, load_retrieval_file
 from ..generators.base import RESERVED_SYMBOLS  # noqa: F401  (re-exported: tests and scripts import it here)
 from ..generators.options import DecodingConfig
-from .base import CaptionTaskBase, load_dictionary_with
+from .base import CaptionTaskBase, EvalCiderConfig, load_dictionary_with
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass
-class CaptioningConfig(DecodingConfig):
+class CaptioningConfig(EvalCiderConfig, DecodingConfig):
     data: str = field(default=MISSING, metadata={"help": "folder with dict.txt, <split>.tsv and features"})
     feature_files: str = field(
         default="features.h5",
@@ -77,6 +77,11 @@ class CaptioningConfig(DecodingConfig):
         default=0.0, metadata={"help": "training: probability of conditioning on another GT caption of the item"})
     retrieval_test_rank: int = field(
         default=0, metadata={"help": "evaluation splits: condition on the retrieved sentence of this rank (0 = top-1)"})
+    retrieval_condition: ChoiceEnum(["retrieved", "random", "none"]) = field(
+        default="retrieved", metadata={"help": "evaluation splits (a diagnostic): retrieved = the sentence of "
+                                               "--retrieval-test-rank; random = a random sentence of the retrieval "
+                                               "file (a training caption, seeded per item); none = no sentence "
+                                               "(the retrieved slots all masked out)"})
     cascade_manifests: Optional[str] = field(
         default=None, metadata={"help": "comma-separated manifests (relative to --data) with a first-stage caption "
                                         "per item: the condition of a cascaded (second-stage) RDT in training"})
@@ -142,13 +147,16 @@ class CaptioningTask(CaptionTaskBase):
         if self.retrieved is not None or self.cascade is not None:
             ds = RetrievalDataset(ds, self.retrieved, self.retrieval_path, self.cfg.retrieval_topk,
                                   self.cfg.retrieval_gt_prob, self.cfg.seed, self.cascade, self.cascade_source,
-                                  self.cfg.retrieval_test_rank)
+                                  self.cfg.retrieval_test_rank, self.cfg.retrieval_condition)
         self.loaded_dataset(split, ds)
         logger.info(f"{path}: {len(ds)} examples")
 
     def is_evaluation_dataset(self, dataset) -> bool:
         base = base_caption_dataset(dataset)
         return base is not None and base.per == "item"
+
+    def split_references(self, dataset) -> dict:
+        return base_caption_dataset(dataset).refs
 
     def training_targets(self, dataset):
         base = base_caption_dataset(dataset)

@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# Issue #12's ablation rows on the toy-images arena: every change of the improved recipe against the
+# papers' configuration, same teacher, same distillation, same 600 updates (RDT 900), one seed.
+#   bash examples/arena/ablations.sh        (after `BENCH=0 bash examples/arena/full.sh images`, which
+#                                            trains the AR teacher, its distillation and the retrieval file)
+# Trains into $RUN/<name> (two at a time, one thread each), then one interleaved benchmark of all rows:
+# $RUN/ablations.{md,json,png}.  Every model is selected by validation CIDEr-D (--eval-cider).
+#   narvl_paper  Query-CTC                        narvl_glat  + glancing (--glat-ratio 0.5)
+#   nacf_paper   NACF as in the paper             nacf_pos    + --scale-positions     nacf_glat  + glancing
+#   saic         group mask, curriculum over the 600 updates
+#   rdt          900 updates, decoded with --diffusion-eos-fallback
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+export PATH="$PWD/.venv/bin:$PATH" OMP_NUM_THREADS=1
+DATA=${DATA:-data/toy/images}; RUN=${RUN:-runs/arena_images}; UPD=${UPD:-600}; SEED=${SEED:-1}
+AR=$RUN/ar/checkpoint_best.pt; KD=train_distill_$(basename "$RUN"); RET="$(cd "$RUN" && pwd)/retrieval.json"
+[ -f "$AR" ] && [ -f "$DATA/$KD.tsv" ] && [ -f "$RET" ] || { echo "run examples/arena/full.sh images first" >&2; exit 1; }
+SIZE="--embed-dim 256 --ffn-embed-dim 1024 --attention-heads 4 --encoder-layers 2 --decoder-layers 2"
+COMMON="--task captioning --dropout 0.1 --attention-dropout 0.1 --batch-size 64 --num-workers 0 --valid-subset val
+  --no-epoch-checkpoints --cpu --no-progress-bar --log-interval 50 --seed $SEED"
+OPT="--optimizer adam --adam-betas (0.9,0.98) --clip-norm 1.0 --lr-scheduler inverse_sqrt"
+SELECT="--eval-cider --best-checkpoint-metric cider --maximize-best-checkpoint-metric"
+NAR="--train-subset $KD $OPT --lr 5e-4 --warmup-updates 100 --max-update $UPD $SELECT"
+NARVL="--arch narvl_features $SIZE --num-queries 40 --criterion query_ctc --label-smoothing 0.1 --init-from-ar $AR --generator ctc"
+NACF="--arch nacf --encoder-type transformer $SIZE --criterion nacf_loss --mask-ratio-low 0.35 --mask-ratio-high 0.9
+  --init-from-ar $AR --generator ct-mp --nar-iterations 2 --length-beam 3"
+mkdir -p "$RUN/logs"
+t() {  # t NAME ARGS...: train unless finished
+  local name=$1; shift
+  grep -qs "done training" "$RUN/logs/ab_$name.log" && { echo "== $name: trained"; return 0; }
+  echo "== [$(date +%T)] train $name (log: $RUN/logs/ab_$name.log)"
+  fairseq-train "$DATA" --user-dir fairseq_nar_caption $COMMON --save-dir "$RUN/ab_$name" "$@" > "$RUN/logs/ab_$name.log" 2>&1
+}
+t narvl_paper $NARVL $NAR & t narvl_glat $NARVL --glat-ratio 0.5 $NAR & wait
+t nacf_paper $NACF $NAR & t nacf_pos $NACF --scale-positions $NAR & wait
+t nacf_glat $NACF --scale-positions --glat-ratio 0.5 $NAR &
+t saic --arch saic $SIZE --group-size 2 --criterion group_mask --curriculum-updates "$UPD" --p-hybr 1 --init-from-ar "$AR" \
+  $NAR --generator outline-fill --outline-beam 1 --fill-beam 1 --eval-cider-args '{"max_len_b": 30}' & wait
+RDT_SIZE="--embed-dim 256 --ffn-embed-dim 1024 --attention-heads 4 --encoder-layers 2 --decoder-layers 1 --semantic-layers 1"
+t rdt --arch rdt $RDT_SIZE --seq-len 24 --retrieval-file "$RET" --criterion rdt_loss --train-subset "$KD" $OPT --lr 1e-3 \
+  --warmup-updates 200 --max-update $(( UPD * 3 / 2 )) $SELECT --generator diffusion --diffusion-steps 10 --diffusion-eos-fallback
+A="--path $AR --max-len-b 30"; B="$RUN/ab_"
+NP="--path ${B}nacf_paper/checkpoint_best.pt --generator"; NG="--path ${B}nacf_glat/checkpoint_best.pt --generator"
+S="--path ${B}saic/checkpoint_best.pt --max-len-b 30 --generator outline-fill"
+R="--path ${B}rdt/checkpoint_best.pt --retrieval-file $RET --generator diffusion --diffusion-eos-fallback"
+echo "== [$(date +%T)] benchmark (quiet machine wanted)"
+nar-caption-benchmark "$DATA" --subset test --threads 1 --max-items ${ITEMS:-100} --passes ${PASSES:-2} \
+  --metrics Bleu,METEOR,CIDEr-D --baseline "AR beam 5" \
+  --row "AR beam 5=$A --beam 5" --row "AR greedy=$A --beam 1" \
+  --row "NACF (paper) CT-MP T=2 B=3=$NP ct-mp --nar-iterations 2 --length-beam 3" \
+  --row "NACF (paper) MP T=2 B=3=$NP mp --nar-iterations 2 --length-beam 3" \
+  --row "NACF +pos CT-MP T=2 B=3=--path ${B}nacf_pos/checkpoint_best.pt --generator ct-mp --nar-iterations 2 --length-beam 3" \
+  --row "NACF +pos +GLAT MP T=1 B=1=$NG mp --nar-iterations 1 --length-beam 1" \
+  --row "NACF +pos +GLAT MP T=2 B=3=$NG mp --nar-iterations 2 --length-beam 3" \
+  --row "NACF +pos +GLAT CT-MP T=2 B=1=$NG ct-mp --nar-iterations 2 --length-beam 1" \
+  --row "NACF +pos +GLAT CT-MP T=2 B=3=$NG ct-mp --nar-iterations 2 --length-beam 3" \
+  --row "NACF +pos +GLAT CT-MP T=5 B=6 + AR teacher=$NG ct-mp --nar-iterations 5 --length-beam 6 --teacher-path $AR" \
+  --row "SAIC k=2 (1,1)=$S --outline-beam 1 --fill-beam 1" --row "SAIC k=2 (5,1)=$S --outline-beam 5 --fill-beam 1" \
+  --row "NARVL (paper) CTC=--path ${B}narvl_paper/checkpoint_best.pt --generator ctc" \
+  --row "NARVL GLAT CTC=--path ${B}narvl_glat/checkpoint_best.pt --generator ctc" \
+  --row "NARVL GLAT CTC + 1 refinement=--path ${B}narvl_glat/checkpoint_best.pt --generator ctc --ctc-refine-passes 1" \
+  --row "NARVL GLAT CTC + 2 refinements=--path ${B}narvl_glat/checkpoint_best.pt --generator ctc --ctc-refine-passes 2" \
+  --row "RDT T=10=$R --diffusion-steps 10" --row "RDT T=50=$R --diffusion-steps 50" \
+  --title "arena, toy images: issue #12 ablations" --out-json "$RUN/ablations.json" --out-md "$RUN/ablations.md" \
+  --out-png "$RUN/ablations.png" > /dev/null 2> "$RUN/logs/ablations_benchmark.log"
+cat "$RUN/ablations.md"; python examples/arena/goals.py "$RUN/ablations.json"
