@@ -208,6 +208,28 @@ def test_hybrid_ctc_equals_ctc_without_refinement_and_keeps_the_shown_frames():
         CTCOptions(ctc_refine_passes=-1).validate()
 
 
+def test_dedup_removes_immediate_repeats_and_keeps_the_scores_of_the_kept_tokens():
+    from fairseq_nar_caption.generators.base import dedup_hypotheses
+
+    d = dictionary()
+    blank, a, b, c = d.index("<blank>"), d.index("a"), d.index("b"), d.index("c")
+    hyp = {"tokens": torch.tensor([a, a, b, c, c, c, a, d.eos()]), "score": -1.5, "alignment": None,
+           "positional_scores": torch.tensor([-0.1, -0.2, -0.3, -0.4, -0.5, -0.6, -0.7, -0.8])}
+    out = dedup_hypotheses([[hyp]])[0][0]
+    assert out["tokens"].tolist() == [a, b, c, a, d.eos()]  # a non-adjacent repeat stays
+    assert out["positional_scores"].tolist() == pytest.approx([-0.1, -0.3, -0.4, -0.7, -0.8])
+    assert out["score"] == -1.5 and hyp["tokens"].numel() == 8  # the input is not modified
+    # through the generator frame: CTC keeps "a _ a" as two words (a blank separates them); --dedup merges them
+    first = _lp([a, blank, a, b, blank, c], V := len(d), [9, 8, 7, 9, 9, 9])
+
+    def run(dedup):
+        model = _FakeQueryModel(first, first)
+        return CTCGenerator([model], d, CTCOptions(), dedup=dedup).generate([model], {"net_input": {}})[0][0]
+
+    assert run(False)["tokens"][:-1].tolist() == [a, a, b, c]
+    assert run(True)["tokens"][:-1].tolist() == [a, b, c]
+
+
 def test_corpus_cider_summed_over_batches_equals_coco_cider_d():
     refs = {"1": ["a red circle on a grey background", "a small red circle"],
             "2": ["a blue square next to a green star", "two shapes a blue square and a star"],
@@ -267,3 +289,39 @@ def test_goal_table_reads_the_quality_goals_off_a_benchmark_json(tmp_path, capsy
     assert "| CTC (one pass) ≥ 90 % of AR beam 5 | 150.0 = 94 % (NARVL CTC) | met |" in out
     assert "| RDT T=10 within 1 CIDEr-D of T=50 | 120.0 vs 121.5 | not met |" in out
     assert "| RDT T=10 ≥ 20 CIDEr-D above its retrieved sentence alone | 120.0 vs 99.0 | met |" in out
+
+
+def test_orderings_pair_seeds_and_give_a_verdict_per_claim(tmp_path):
+    import json
+    import os
+    import sys
+
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "examples", "arena"))
+    import orderings
+
+    def row(name, cider):
+        return {"name": name, "scores": {"CIDEr-D": cider / 100}}
+
+    rows = [row("AR beam 5", 200.0)]
+    # KD helps NARVL in every seed; CE beats Q-CTC in every seed; SAIC k=2 vs k=4: the seeds disagree
+    for s, (kd, raw, ctc, ce, k2, k4) in enumerate([(150, 140, 120, 130, 180, 170), (160, 150, 121, 131, 175, 178),
+                                                     (155, 153, 119, 129, 182, 181)], 1):
+        rows += [row(f"narvl_kd CTC / seed {s}", kd), row(f"narvl_raw CTC / seed {s}", raw),
+                 row(f"narvl_ctc CTC / seed {s}", ctc), row(f"narvl_ce CTC / seed {s}", ce),
+                 row(f"saic2_kd (1,1) / seed {s}", k2), row(f"saic4_kd (1,1) / seed {s}", k4)]
+    res = orderings.analyse({"rows": rows})
+    arm = res["arms"]["narvl_kd CTC"]
+    assert arm["mean"] == pytest.approx(155.0) and arm["sd"] == pytest.approx(5.0) and arm["of_ar_beam5"] == pytest.approx(0.775)
+    claims = {c["claim"]: c for c in res["claims"]}
+    assert set(claims) == {"KD helps NARVL", "Q-CTC ≫ position-wise CE", "k = 2 ≥ k = 4 in quality",
+                           "glancing helps NARVL"}
+    kd = claims["KD helps NARVL"]
+    assert kd["diffs"] == pytest.approx([10, 10, 2]) and kd["verdict"] == "holds"
+    assert claims["Q-CTC ≫ position-wise CE"]["verdict"] == "reversed"
+    k = claims["k = 2 ≥ k = 4 in quality"]
+    assert k["diffs"] == pytest.approx([10, -3, 1]) and k["verdict"] == "unresolved"
+    assert claims["glancing helps NARVL"]["mean_diff"] == pytest.approx(35.0)
+    # the three smallest |mean difference| (2.7, 7.3, 10.0) are the closest; glancing's +35 is not
+    assert {n for n, c in claims.items() if c.get("closest")} == set(claims) - {"glancing helps NARVL"}
+    md = orderings.markdown(res)
+    assert "| KD helps NARVL (NARVL Table 9): narvl_kd CTC vs narvl_raw CTC | +10.0, +10.0, +2.0 | +7.3 ± 4.6 | holds" in md

@@ -419,6 +419,17 @@ def test_corpus_cider_d_uses_the_corpus_document_frequencies():
     assert cider.scores(["a blue ball"], [corpus[0]])[0] == pytest.approx(s[1])
 
 
+def test_guided_scst_refuses_to_train_without_a_validation_decode_score():
+    from types import SimpleNamespace
+
+    from fairseq_nar_caption.criterions.rdt_scst import RDTSCSTCriterion
+    from fairseq_nar_caption.data.manifest import DataError
+
+    task = SimpleNamespace(cfg=SimpleNamespace(eval_cider=False), target_dictionary=None)
+    with pytest.raises(DataError, match="rdt_scst validates by decoding: set --eval-cider"):
+        RDTSCSTCriterion(task, 5, False, False, 0.999, "train")
+
+
 # ----------------------------------------------------------------------------- retrieval
 
 def test_retrieval_excludes_own_captions_and_writes_top_k(tiny_data):

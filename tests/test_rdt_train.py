@@ -88,9 +88,9 @@ def test_guided_scst_and_a_cascade_through_fairseq_train(trained, tmp_path):
     scst = tmp_path / "scst" / "checkpoint_last.pt"
     log = train(data, retrieval, *SIZES, "--criterion", "rdt_scst", "--num-samples", "2",
                 "--hybrid-distill-split", "train_distill", "--finetune-from-model", str(ckpt), "--lr", "1e-5",
-                "--max-update", "4", "--best-checkpoint-metric", "reward", "--maximize-best-checkpoint-metric",
+                "--max-update", "4", "--eval-cider", "--best-checkpoint-metric", "cider", "--maximize-best-checkpoint-metric",
                 "--save-dir", str(scst.parent), "--log-interval", "1")
-    assert "reward" in log and scst.exists()
+    assert "reward" in log and "| cider " in log and scst.exists()  # training reward, validation decode score
     before, after = torch.load(ckpt, weights_only=True)["model"], torch.load(scst, weights_only=True)["model"]
     assert any(not torch.equal(before[k], after[k]) for k in before)  # the policy gradient moved the weights
     # a second-stage model conditioned on the first model's captions, decoded as a cascade

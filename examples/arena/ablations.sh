@@ -15,15 +15,11 @@ export PATH="$PWD/.venv/bin:$PATH" OMP_NUM_THREADS=1
 DATA=${DATA:-data/toy/images}; RUN=${RUN:-runs/arena_images}; UPD=${UPD:-600}; SEED=${SEED:-1}
 AR=$RUN/ar/checkpoint_best.pt; KD=train_distill_$(basename "$RUN"); RET="$(cd "$RUN" && pwd)/retrieval.json"
 [ -f "$AR" ] && [ -f "$DATA/$KD.tsv" ] && [ -f "$RET" ] || { echo "run examples/arena/full.sh images first" >&2; exit 1; }
-SIZE="--embed-dim 256 --ffn-embed-dim 1024 --attention-heads 4 --encoder-layers 2 --decoder-layers 2"
-COMMON="--task captioning --dropout 0.1 --attention-dropout 0.1 --batch-size 64 --num-workers 0 --valid-subset val
-  --no-epoch-checkpoints --cpu --no-progress-bar --log-interval 50 --seed $SEED"
-OPT="--optimizer adam --adam-betas (0.9,0.98) --clip-norm 1.0 --lr-scheduler inverse_sqrt"
-SELECT="--eval-cider --best-checkpoint-metric cider --maximize-best-checkpoint-metric"
-NAR="--train-subset $KD $OPT --lr 5e-4 --warmup-updates 100 --max-update $UPD $SELECT"
-NARVL="--arch narvl_features $SIZE --num-queries 40 --criterion query_ctc --label-smoothing 0.1 --init-from-ar $AR --generator ctc"
-NACF="--arch nacf --encoder-type transformer $SIZE --criterion nacf_loss --mask-ratio-low 0.35 --mask-ratio-high 0.9
-  --init-from-ar $AR --generator ct-mp --nar-iterations 2 --length-beam 3"
+SIZE=${SIZE:---embed-dim 256 --ffn-embed-dim 1024 --attention-heads 4 --encoder-layers 2 --decoder-layers 2}
+NAR_UPDATES=$UPD; RDT_UPDATES=$(( UPD * 3 / 2 )); FEATS=
+source examples/arena/recipe.sh  # COMMON OPT SELECT NAR_OPT and each paradigm's flags
+COMMON="$COMMON --seed $SEED"; DIS="--train-subset $KD"
+NACF="$NACF_FLAGS --length-beam 3 $DIS"
 mkdir -p "$RUN/logs"
 t() {  # t NAME ARGS...: train unless finished
   local name=$1; shift
@@ -31,14 +27,11 @@ t() {  # t NAME ARGS...: train unless finished
   echo "== [$(date +%T)] train $name (log: $RUN/logs/ab_$name.log)"
   fairseq-train "$DATA" --user-dir fairseq_nar_caption $COMMON --save-dir "$RUN/ab_$name" "$@" > "$RUN/logs/ab_$name.log" 2>&1
 }
-t narvl_paper $NARVL $NAR & t narvl_glat $NARVL --glat-ratio 0.5 $NAR & wait
-t nacf_paper $NACF $NAR & t nacf_pos $NACF --scale-positions $NAR & wait
-t nacf_glat $NACF --scale-positions --glat-ratio 0.5 $NAR &
-t saic --arch saic $SIZE --group-size 2 --criterion group_mask --curriculum-updates "$UPD" --p-hybr 1 --init-from-ar "$AR" \
-  $NAR --generator outline-fill --outline-beam 1 --fill-beam 1 --eval-cider-args '{"max_len_b": 30}' & wait
-RDT_SIZE="--embed-dim 256 --ffn-embed-dim 1024 --attention-heads 4 --encoder-layers 2 --decoder-layers 1 --semantic-layers 1"
-t rdt --arch rdt $RDT_SIZE --seq-len 24 --retrieval-file "$RET" --criterion rdt_loss --train-subset "$KD" $OPT --lr 1e-3 \
-  --warmup-updates 200 --max-update $(( UPD * 3 / 2 )) $SELECT --generator diffusion --diffusion-steps 10 --diffusion-eos-fallback
+t narvl_paper $NARVL_FLAGS $DIS & t narvl_glat $NARVL_FLAGS --glat-ratio 0.5 $DIS & wait
+t nacf_paper $NACF & t nacf_pos $NACF --scale-positions & wait
+t nacf_glat $NACF --scale-positions --glat-ratio 0.5 &
+t saic $SAIC_FLAGS --group-size 2 $DIS & wait
+t rdt $RDT_FLAGS $DIS
 A="--path $AR --max-len-b 30"; B="$RUN/ab_"
 NP="--path ${B}nacf_paper/checkpoint_best.pt --generator"; NG="--path ${B}nacf_glat/checkpoint_best.pt --generator"
 S="--path ${B}saic/checkpoint_best.pt --max-len-b 30 --generator outline-fill"

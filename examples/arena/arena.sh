@@ -20,6 +20,7 @@
 #                    GLAT=0 is the papers' training (examples/arena/README.md: the measured effect)
 #   NACF_POSITIONS=--scale-positions   NACF's position embeddings at the token scale (models/nacf.py);
 #                    NACF_POSITIONS= is fairseq's AR convention, under which an all-<mask> input collapses
+#   NAR=0            stop after steps 1-3 (teacher, distillation, retrieval file)
 # Every NAR model is validated by decoding (--eval-cider: CIDEr-D of the generator its main row uses, on
 # the val split) and the benchmark decodes the checkpoint with the best validation CIDEr-D.
 # Every step is skipped when its output exists (delete $RUN to start over); framework logs go to
@@ -45,9 +46,9 @@ step() { echo "== [$(printf '%4d' $SECONDS)s] $*"; }
 
 [ -f "$DATA/dict.txt" ] || { step "toy benchmark"; python -m fairseq_nar_caption.cli.make_toy_data --out "$(dirname "$DATA")" > "$LOGS/toy_data.log"; }
 
-COMMON="--task captioning $FEATS --dropout 0.1 --attention-dropout 0.1 --batch-size 64 --num-workers 0 \
-  --valid-subset val --no-epoch-checkpoints --cpu --no-progress-bar --log-interval 50 --seed ${SEED:-1}"
-OPT="--optimizer adam --adam-betas (0.9,0.98) --clip-norm 1.0 --lr-scheduler inverse_sqrt"
+AR="$RUN/ar/checkpoint_best.pt"; RET="$(cd "$RUN" && pwd)/retrieval.json"
+source examples/arena/recipe.sh  # COMMON OPT SELECT NAR_OPT and each paradigm's flags
+COMMON="$COMMON --seed ${SEED:-1}"
 
 # train NAME ARGS...: fairseq-train into $RUN/NAME, log in $LOGS/NAME.log, one console line per
 # validation; skipped once finished, an interrupted run resumes from its checkpoint_last.pt.
@@ -69,7 +70,6 @@ train() {
 }
 
 # 1. the AR model: baseline and teacher
-AR="$RUN/ar/checkpoint_best.pt"
 OMP_NUM_THREADS=${AR_THREADS:-2} train ar --arch ar_caption $SIZE --criterion label_smoothed_cross_entropy --label-smoothing 0.1 \
   $OPT --lr 1e-3 --warmup-updates 200 --max-epoch "$AR_EPOCHS" --best-checkpoint-metric loss
 
@@ -83,35 +83,27 @@ if [ ! "$DATA/$KD.tsv" -nt "$AR" ]; then
 fi
 
 # 3. RDT's retrieved sentences (training items never retrieve their own captions)
-RET="$(cd "$RUN" && pwd)/retrieval.json"
 if [ ! -f "$RET" ]; then
   step "retrieval file for RDT -> $RET"
   nar-caption-retrieve "$DATA" --splits train,val,test --k 20 --out "$RET" ${FEATS:+$FEATS} > "$LOGS/retrieve.log" 2>&1 \
     || { tail -n 15 "$LOGS/retrieve.log" >&2; exit 1; }
 fi
 
+# NAR=0 stops here: the teacher, its distillation and the retrieval file (what ablations.sh / orderings.sh need)
+if [ "${NAR:-1}" = 0 ]; then step "NAR=0: teacher, distillation and retrieval file ready in $RUN"; exit 0; fi
+
 # 4. one model per paradigm, same sizes, same distilled data; two trainings at a time (one core each)
 both() {  # both PID PID: wait for two background trainings, fail if either failed
   local ok=0; wait "$1" || ok=1; wait "$2" || ok=1
   [ $ok = 0 ] || { echo "a training failed (see above)" >&2; exit 1; }
 }
-# validation by decoding: the CIDEr-D of each model's main row picks its checkpoint_best.pt
-SELECT="--eval-cider --best-checkpoint-metric cider --maximize-best-checkpoint-metric"
-NAR="--train-subset $KD $OPT --lr 5e-4 --warmup-updates 100 --max-update $NAR_UPDATES $SELECT"
-train nacf --arch nacf --encoder-type transformer $SIZE --criterion nacf_loss --mask-ratio-low 0.35 \
-  --mask-ratio-high 0.9 --glat-ratio "$GLAT" $NACF_POSITIONS --init-from-ar "$AR" $NAR \
-  --generator ct-mp --nar-iterations 2 --length-beam 3 & P1=$!
-train saic --arch saic $SIZE --group-size "$SAIC_K" --criterion group_mask --curriculum-updates "$NAR_UPDATES" \
-  --p-hybr 1 --init-from-ar "$AR" $NAR --generator outline-fill --outline-beam 1 --fill-beam 1 \
-  --eval-cider-args '{"max_len_b": 30}' & P2=$!
+# every NAR model is validated by decoding: the CIDEr-D of its main row picks its checkpoint_best.pt
+DIS="--train-subset $KD"
+train nacf $NACF_FLAGS --glat-ratio "$GLAT" $NACF_POSITIONS --length-beam 3 $DIS & P1=$!
+train saic $SAIC_FLAGS --group-size "$SAIC_K" $DIS & P2=$!
 both $P1 $P2
-train narvl --arch narvl_features $SIZE --num-queries 40 --criterion query_ctc --label-smoothing 0.1 \
-  --glat-ratio "$GLAT" --init-from-ar "$AR" $NAR --generator ctc & P1=$!
-# RDT's decoder depth = Semantic Transformer + Sentence Decoder blocks (default: 1 + 1 = the AR decoder's 2)
-RDT_SIZE=$(echo "$SIZE" | sed -E "s/--decoder-layers ([0-9]+)/${RDT_SIZE_LAYERS:---decoder-layers 1 --semantic-layers 1}/")
-train rdt --arch rdt $RDT_SIZE --seq-len 24 --retrieval-file "$RET" --criterion rdt_loss \
-  --train-subset "$KD" $OPT --lr 1e-3 --warmup-updates 200 --max-update "$RDT_UPDATES" $SELECT \
-  --generator diffusion --diffusion-steps 10 --diffusion-eos-fallback & P2=$!
+train narvl $NARVL_FLAGS --glat-ratio "$GLAT" $DIS & P1=$!
+train rdt $RDT_FLAGS $DIS & P2=$!
 both $P1 $P2
 
 # 5. the benchmark: every row in one interleaved run; every model's checkpoint_best.pt (NAR: by validation
@@ -133,6 +125,7 @@ else
   ROW+=(--row "NACF MP T=1 B=1=$N mp --nar-iterations 1 --length-beam 1"
         --row "NACF CT-MP T=2 B=1=$N ct-mp --nar-iterations 2 --length-beam 1"
         --row "NACF CT-MP T=2 B=3=$N ct-mp --nar-iterations 2 --length-beam 3"
+        --row "NACF CT-MP T=2 B=1 + dedup=$N ct-mp --nar-iterations 2 --length-beam 1 --dedup"
         --row "NACF CT-MP T=5 B=6 + AR teacher=$N ct-mp --nar-iterations 5 --length-beam 6 --teacher-path $AR"
         --row "SAIC k=$SAIC_K (1,1)=$S --outline-beam 1 --fill-beam 1"
         --row "SAIC k=$SAIC_K (5,1)=$S --outline-beam 5 --fill-beam 1"
@@ -140,6 +133,7 @@ else
         --row "NARVL CTC beam 5=$C --ctc-beam 5"
         --row "NARVL CTC + 1 refinement=$C --ctc-refine-passes 1"
         --row "RDT T=10=$R --diffusion-steps 10"
+        --row "RDT T=10 + dedup=$R --diffusion-steps 10 --dedup"
         --row "RDT T=50=$R --diffusion-steps 50")
 fi
 step "benchmark: $(( ${#ROW[@]} / 2 )) rows, $BENCH_ITEMS items, $PASSES interleaved pass(es), $THREADS thread(s) (log: $LOGS/benchmark.log)"

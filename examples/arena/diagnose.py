@@ -1,6 +1,8 @@
 """Why a paradigm falls short of its AR teacher: the measurements issue #12 asks for, on one arena run.
 
     python examples/arena/diagnose.py runs/arena_images [--data data/toy/images] [--out diag.json]
+    python examples/arena/diagnose.py runs/demo_videos --data data/toy/videos \
+        --feature-files appearance.h5,motion.h5 --items 100
 
 Prints (and writes as JSON with ``--out``):
 
@@ -12,6 +14,8 @@ Prints (and writes as JSON with ``--out``):
   (argmax) is the teacher caption's; on the test split, how often it is the length of one of the
   references, and its mean distance to the closest reference length;
 - SAIC: teacher-forced accuracy of the Outliner's heads and of the Filler per slot of a group;
+- RDT's retrieved sentence alone: the top-1 sentence of the run's retrieval file as the caption of
+  every test item (the yardstick of RDT's "+20 CIDEr-D above its retrieved sentence" goal);
 - learning curves: validation loss and (``--eval-cider``) CIDEr-D per epoch of every model, from the
   run's training logs, with the epoch of the best CIDEr-D — is it still improving at the end?
 
@@ -55,10 +59,10 @@ def ctc_feasibility(data: str, kd_split: str, num_queries: int) -> dict:
 
 
 @torch.no_grad()
-def nacf_lengths(data: str, ckpt: str, kd_split: str, max_items: int = 500) -> dict:
+def nacf_lengths(data: str, ckpt: str, kd_split: str, max_items: int = 500, extra=()) -> dict:
     from fairseq_nar_caption import inference
 
-    loaded = inference.load(data, ["--path", ckpt, "--generator", "mp", "--nar-iterations", "1", "--length-beam", "1"])
+    loaded = inference.load(data, ["--path", ckpt, "--generator", "mp", "--nar-iterations", "1", "--length-beam", "1", *extra])
     model, task = loaded.models[0], loaded.task
     out = {}
     for split in (kd_split, "test"):
@@ -85,18 +89,18 @@ def nacf_lengths(data: str, ckpt: str, kd_split: str, max_items: int = 500) -> d
 
 
 @torch.no_grad()
-def saic_accuracy(data: str, ckpt: str, kd_split: str, max_items: int = 500) -> dict:
+def saic_accuracy(data: str, ckpt: str, kd_split: str, max_items: int = 500, extra=()) -> dict:
     """Teacher-forced accuracy of SAIC's Outliner (group heads) and Filler (slot j = 1..k-1 of
     every group): on the distilled training split (what it learned) and against each test item's
     first reference."""
-    return {split: _saic_accuracy(data, ckpt, split, max_items) for split in (kd_split, "test")}
+    return {split: _saic_accuracy(data, ckpt, split, max_items, extra) for split in (kd_split, "test")}
 
 
-def _saic_accuracy(data: str, ckpt: str, split: str, max_items: int) -> dict:
+def _saic_accuracy(data: str, ckpt: str, split: str, max_items: int, extra=()) -> dict:
     from fairseq_nar_caption import inference
     from fairseq_nar_caption.models.saic import filler_layout, filler_targets, outline_layout
 
-    loaded = inference.load(data, ["--path", ckpt, "--generator", "outline-fill"])
+    loaded = inference.load(data, ["--path", ckpt, "--generator", "outline-fill", *extra])
     model, task = loaded.models[0], loaded.task
     d = task.dictionary
     task.load_dataset(split)
@@ -126,6 +130,28 @@ def _saic_accuracy(data: str, ckpt: str, split: str, max_items: int) -> dict:
 VALID = re.compile(r"epoch (\d+) \| valid on '\w+' subset \| loss ([\d.]+)(?:.*?\| cider ([\d.]+))?.*?num_updates (\d+)")
 
 
+def retrieved_alone(data: str, retrieval: str, split: str = "test", max_items=None) -> dict:
+    """RDT's condition as a caption: the top-1 retrieved sentence of every item of the split (its first
+    ``max_items``, the benchmark's ``--max-items``), scored against the split's references (goals.py's
+    --retrieved-cider)."""
+    from fairseq_nar_caption.data.manifest import read_manifest
+    from fairseq_nar_caption.data.retrieval import load_retrieval_file
+    from fairseq_nar_caption.evaluation.coco_metrics import coco_scores
+
+    refs = {}
+    for r in read_manifest(os.path.join(data, f"{split}.tsv")):
+        refs.setdefault(r.item_id, []).append(r.caption)
+    if max_items:
+        refs = dict(list(refs.items())[:max_items])
+    top = load_retrieval_file(retrieval)
+    missing = [k for k in refs if not top.get(k)]
+    if missing:
+        raise SystemExit(f"{retrieval}: no retrieved sentence for {split} item {missing[0]} ({len(missing)} missing)")
+    s = coco_scores(refs, {k: top[k][0] for k in refs}, spice="off", metrics=("Bleu", "CIDEr-D"))
+    return {"split": split, "items": len(refs), "CIDEr-D": round(100 * s["CIDEr-D"], 1),
+            "Bleu_4": round(100 * s["Bleu_4"], 1)}
+
+
 def learning_curves(logs: str) -> dict:
     curves = {}
     for name in sorted(os.listdir(logs)):
@@ -153,16 +179,23 @@ def main(argv=None):
     p.add_argument("--num-queries", type=int, default=40)
     p.add_argument("--nacf", default=None, help="NACF checkpoint (default: RUN/nacf/checkpoint_best.pt)")
     p.add_argument("--logs", default=None, help="training logs folder (default: RUN/logs)")
+    p.add_argument("--feature-files", default=None, help="the task's --feature-files (e.g. appearance.h5,motion.h5)")
+    p.add_argument("--items", type=int, default=None,
+                   help="first N test items for the retrieved-sentence score (the benchmark's --max-items)")
     p.add_argument("--out", default=None)
     a = p.parse_args(argv)
     kd = a.kd_split or f"train_distill_{os.path.basename(os.path.normpath(a.run))}"
     report = {"teacher": teacher_quality(a.data, kd), "ctc": ctc_feasibility(a.data, kd, a.num_queries)}
+    extra = ["--feature-files", a.feature_files] if a.feature_files else []
     nacf = a.nacf or os.path.join(a.run, "nacf", "checkpoint_best.pt")
     if os.path.isfile(nacf):
-        report["nacf_length"] = nacf_lengths(a.data, nacf, kd)
+        report["nacf_length"] = nacf_lengths(a.data, nacf, kd, extra=extra)
     saic = os.path.join(a.run, "saic", "checkpoint_best.pt")
     if os.path.isfile(saic):
-        report["saic_teacher_forced"] = saic_accuracy(a.data, saic, kd)
+        report["saic_teacher_forced"] = saic_accuracy(a.data, saic, kd, extra=extra)
+    retrieval = os.path.join(a.run, "retrieval.json")
+    if os.path.isfile(retrieval):
+        report["retrieved_alone"] = retrieved_alone(a.data, retrieval, max_items=a.items)
     report["curves"] = learning_curves(a.logs or os.path.join(a.run, "logs"))
     text = json.dumps(report, indent=1)
     print(text)

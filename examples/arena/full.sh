@@ -3,7 +3,8 @@
 # updates, RDT 900: arena.sh's defaults), every row of each
 # paradigm, METEOR, two interleaved benchmark passes and a forced-length sweep, on toy images and
 # toy videos; then the latency columns at the papers' base size (6-layer decoder, d 512, short training).
-#   bash examples/arena/full.sh [images|videos|base|all]   (default: all)
+#   bash examples/arena/full.sh [images|videos|base|all|videos-demo]   (default: all; videos-demo: toy videos
+#   at make demo's scale, not part of all)
 # BENCH=0 trains only (time the benchmark later, on a quiet machine).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -14,6 +15,12 @@ fi
 if [ "$what" = videos ] || [ "$what" = all ]; then
   DATA=data/toy/videos RUN=runs/arena_videos FEATS="--feature-files appearance.h5,motion.h5" AR_EPOCHS=${AR_EPOCHS:-12} \
     BENCH_ITEMS=150 TITLE="arena, toy videos (full recipe)" bash examples/arena/arena.sh
+fi
+if [ "$what" = videos-demo ]; then
+  # toy videos at make demo's scale (d 128, 1 + 2 layers, AR 3 epochs, NAR 300 updates): ~10 min on 2 cores
+  DATA=data/toy/videos RUN=runs/demo_videos FEATS="--feature-files appearance.h5,motion.h5" AR_EPOCHS=3 NAR_UPDATES=300 \
+    SIZE="--embed-dim 128 --ffn-embed-dim 512 --attention-heads 4 --encoder-layers 1 --decoder-layers 2" \
+    BENCH_ITEMS=100 PASSES=1 TITLE="arena, toy videos (demo scale)" bash examples/arena/arena.sh
 fi
 if [ "$what" = base ] || [ "$what" = all ]; then
   # latency at the papers' base size: d 512, 8 heads, 6 + 6 layers (RDT: 6 RVE, 3 ST + 3 SD); short

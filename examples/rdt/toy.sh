@@ -51,10 +51,10 @@ if [ "${ABLATIONS:-0}" = 1 ]; then
   train rdt_f75_e25 $STAGE1 --lambda-e 0.25                          # Table VI
 fi
 
-# 3. stage 2: guided SCST from the best stage-1 model (CIDEr-D reward on the validation split picks the best)
+# 3. stage 2: guided SCST from the best stage-1 model (the validation split's decode CIDEr-D, --eval-cider, picks the best)
 train rdt_scst --arch rdt_tiny --criterion rdt_scst --num-samples 5 --hybrid-distill-split "$DISTILL" \
   --finetune-from-model "$RUN/rdt/checkpoint_best.pt" --optimizer adam --lr 5e-5 --clip-norm 1.0 \
-  --max-epoch $SCST_EPOCHS --best-checkpoint-metric reward --maximize-best-checkpoint-metric
+  --max-epoch $SCST_EPOCHS --eval-cider --best-checkpoint-metric cider --maximize-best-checkpoint-metric
 
 # 4. decode and score the test split
 SCORES=()

@@ -39,7 +39,7 @@ fairseq-train "$DATA" --user-dir "$U" $COMMON --criterion rdt_loss --lambda-xe 1
 # 3. stage 2: guided SCST (Eq. 14) from the best stage-1 model
 fairseq-train "$DATA" --user-dir "$U" $COMMON --criterion rdt_scst --num-samples 5 --hybrid-distill-split train_distill \
   --finetune-from-model "$SAVE/stage1/checkpoint_best.pt" --optimizer adam --lr 1e-5 --lr-scheduler fixed \
-  --max-epoch 60 --best-checkpoint-metric reward --maximize-best-checkpoint-metric --save-dir "$SAVE/stage2"
+  --max-epoch 60 --eval-cider --best-checkpoint-metric cider --maximize-best-checkpoint-metric --save-dir "$SAVE/stage2"
 
 # 4. the cascade: a second model conditioned on the first model's captions (train + val decoded by stage 2)
 G="-- --task rdt_captioning $FEATS --retrieval-file $RET --diffusion-steps 50"

@@ -19,9 +19,10 @@ Per caption of the batch (as the reference's RL trainer: one noised forward pass
    whitespace-tokenised, lower-cased captions (no PTB/Java pass per batch);
 5. loss = −1/N_y Σ_j (R_j − R(ŷ))·log p_θ(y^{s_j}), summed over the batch's captions.
 
-Validation decodes with the diffusion sampler (the task's ``--diffusion-steps``,
-``--time-difference``) and reports the decoded captions' mean CIDEr-D as ``reward``:
-``--best-checkpoint-metric reward --maximize-best-checkpoint-metric``.
+Validation is the task's decode score, as for every model of the suite: ``--eval-cider`` (required)
+decodes the validation split with the diffusion sampler (the task's ``--diffusion-steps``,
+``--time-difference``) and logs its corpus CIDEr-D as ``cider``: ``--best-checkpoint-metric cider
+--maximize-best-checkpoint-metric``.  The criterion itself adds nothing to a validation pass.
 """
 from dataclasses import dataclass, field
 from typing import Dict, List
@@ -33,6 +34,7 @@ from fairseq.criterions import FairseqCriterion, register_criterion
 from fairseq.dataclass import FairseqDataclass
 from torch import Tensor
 
+from ..data.manifest import DataError
 from ..evaluation.coco_metrics import CorpusCiderD
 from ..models.rdt import forward_noise
 
@@ -53,6 +55,9 @@ class RDTSCSTConfig(FairseqDataclass):
 class RDTSCSTCriterion(FairseqCriterion):
     def __init__(self, task, num_samples, gt_as_input, no_teacher_sample, max_time, reward_split):
         super().__init__(task)
+        if not getattr(task.cfg, "eval_cider", False):
+            raise DataError("--criterion rdt_scst validates by decoding: set --eval-cider (with "
+                            "--best-checkpoint-metric cider --maximize-best-checkpoint-metric)")
         if num_samples < 1:
             raise ValueError(f"--num-samples must be >= 1, got {num_samples}")
         self.k, self.teacher_as_input, self.teacher_sample = num_samples, not gt_as_input, not no_teacher_sample
@@ -92,13 +97,9 @@ class RDTSCSTCriterion(FairseqCriterion):
         bsz = x0.size(0)
         refs = sample["references"]
         cider = self.cider()
-        if not model.training:  # the CIDEr-D of what the model decodes (the task's --diffusion-steps, Δ)
-            from ..generators import build_caption_generator
-            gen = build_caption_generator("diffusion", [model], self.task.target_dictionary, self.task.cfg)
-            hyps = gen.generate([model], sample)
-            reward = float(cider.scores([self.dictionary.string(h[0]["tokens"].cpu()) for h in hyps], refs).sum())
-            return torch.zeros((), device=x0.device), bsz, {"loss": 0.0, "reward": reward, "baseline": reward,
-                                                            "nsentences": bsz, "sample_size": bsz, "ntokens": bsz}
+        if not model.training:  # validation: the task's --eval-cider decodes and scores (tasks/base.py)
+            return torch.zeros((), device=x0.device), bsz, {"loss": 0.0, "nsentences": bsz, "sample_size": bsz,
+                                                            "ntokens": bsz}
         t, noise = torch.rand(bsz, device=x0.device) * self.max_time, torch.randn_like(x0)
         x_t, gamma = forward_noise(x0, t, model.noise_schedule, noise)  # Eq. 1
         if model.cfg.cascaded and "cascade_tokens" not in sample:
@@ -137,8 +138,9 @@ class RDTSCSTCriterion(FairseqCriterion):
         if not n:
             return
         metrics.log_scalar("loss", total("loss") / n, n, round=4)
-        metrics.log_scalar("reward", total("reward") / n, n, round=4)
-        metrics.log_scalar("baseline", total("baseline") / n, n, round=4)
+        if any("reward" in log for log in logging_outputs):  # training passes only
+            metrics.log_scalar("reward", total("reward") / n, n, round=4)
+            metrics.log_scalar("baseline", total("baseline") / n, n, round=4)
 
     @staticmethod
     def logging_outputs_can_be_summed() -> bool:

@@ -60,7 +60,7 @@ def build_caption_generator(name, models, dictionary, cfg, args=None, context=No
     check_foreign_options(cfg, cls.options_cls, name)
     check_model_generator(name, models)
     return cls(models, dictionary, options_of(cls.options_cls, cfg), args, context,
-               allow_unk=getattr(cfg, "allow_unk", False))
+               allow_unk=getattr(cfg, "allow_unk", False), dedup=getattr(cfg, "dedup", False))
 
 
 from . import mask_predict  # noqa: E402,F401  (NACF: mp, ef, l2r, ct-mp, ct-ef, ct-l2r)

@@ -50,6 +50,26 @@ def model_name(model) -> str:
     return f"{type(model).__name__}" + (f" (--arch {arch})" if arch else "")
 
 
+def dedup_hypotheses(hypos: List[List[Dict[str, Tensor]]]) -> List[List[Dict[str, Tensor]]]:
+    """``--dedup``: every hypothesis without its immediately repeated tokens ("a red red ball" →
+    "a red ball"), the positional scores (and a per-token attention) kept for the tokens kept;
+    the ranking score and the order of the hypotheses are unchanged."""
+    out = []
+    for hyps in hypos:
+        kept = []
+        for h in hyps:
+            t = h["tokens"]
+            keep = torch.ones_like(t, dtype=torch.bool)
+            keep[1:] = t[1:].ne(t[:-1])
+            h = dict(h, tokens=t[keep], positional_scores=h["positional_scores"][keep])
+            att = h.get("attention")
+            if isinstance(att, Tensor) and att.dim() == 2 and att.size(-1) == t.numel():
+                h["attention"] = att[:, keep]
+            kept.append(h)
+        out.append(kept)
+    return out
+
+
 @dataclass
 class GeneratorContext:
     load_model: Optional[Callable[[str], torch.nn.Module]] = None  # path → model on the task's dictionary
@@ -64,7 +84,7 @@ class CaptionGenerator:
     max_models: int = 1
 
     def __init__(self, models, dictionary, options, args=None, context: Optional[GeneratorContext] = None,
-                 allow_unk: bool = False):
+                 allow_unk: bool = False, dedup: bool = False):
         if not 1 <= len(models) <= self.max_models:
             raise GeneratorError(f"--generator {self.name} decodes with "
                                  f"{'one model' if self.max_models == 1 else f'at most {self.max_models} models'}, "
@@ -79,13 +99,15 @@ class CaptionGenerator:
         self.context = context or GeneratorContext()
         self.pad, self.eos, self.unk = dictionary.pad(), dictionary.eos(), dictionary.unk()
         self.banned = banned_symbols(dictionary, allow_unk)
+        self.dedup = dedup
         self.symbols_to_strip_from_output = {self.eos}
 
     @torch.no_grad()
     def generate(self, models, sample, **unused) -> List[List[Dict[str, Tensor]]]:
         """fairseq's generator interface: per sample, its hypotheses best first."""
         encoder_out = self.model.forward_encoder(sample["net_input"])  # once per batch
-        return self.decode(sample, encoder_out)
+        hypos = self.decode(sample, encoder_out)
+        return dedup_hypotheses(hypos) if self.dedup else hypos
 
     def decode(self, sample, encoder_out) -> List[List[Dict[str, Tensor]]]:
         raise NotImplementedError
@@ -118,8 +140,14 @@ class RuledSequenceGenerator(SequenceGenerator):
     """fairseq's ``SequenceGenerator`` (the ``sequence`` generator: AR beam search / greedy)
     under the same vocabulary rule as every other generator (``banned_symbols``)."""
 
-    def __init__(self, models, tgt_dict, banned: Sequence[int] = (), **kwargs):
+    def __init__(self, models, tgt_dict, banned: Sequence[int] = (), dedup: bool = False, **kwargs):
         if not isinstance(models, _BannedSymbolsEnsemble):
             models = _BannedSymbolsEnsemble(list(models.models) if isinstance(models, EnsembleModel) else models)
         models.banned = torch.tensor(sorted(set(banned) - {tgt_dict.eos()}), dtype=torch.long)
+        self.dedup = dedup
         super().__init__(models, tgt_dict, **kwargs)
+
+    @torch.no_grad()
+    def generate(self, models, sample, **kwargs):
+        hypos = super().generate(models, sample, **kwargs)
+        return dedup_hypotheses(hypos) if self.dedup else hypos

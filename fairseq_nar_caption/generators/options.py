@@ -29,6 +29,10 @@ class GeneratorChoice(FairseqDataclass):
     allow_unk: bool = field(
         default=False, metadata={"help": "let captions contain <unk> (default: no generator emits <unk>, <s>, "
                                          "<pad>, <mask>, <vis> or <blank>: one vocabulary rule for every row)"})
+    dedup: bool = field(
+        default=False, metadata={"help": "remove immediately repeated words from every caption (the "
+                                         "non-autoregressive field's de-duplication post-processing, Gu et al. "
+                                         "2018; not in the four papers); any generator, sequence included"})
 
 
 @dataclass

@@ -182,6 +182,7 @@ class CaptionTaskBase(FairseqTask):
                                      f"{type(m).__name__} has none")
         kwargs = dict(extra_gen_cls_kwargs or {})
         kwargs["banned"] = banned_symbols(self.target_dictionary, getattr(self.cfg, "allow_unk", False))
+        kwargs["dedup"] = getattr(self.cfg, "dedup", False)
         return super().build_generator(models, args, seq_gen_cls or RuledSequenceGenerator, kwargs,
                                        prefix_allowed_tokens_fn)
 

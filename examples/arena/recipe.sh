@@ -1,0 +1,31 @@
+# The arena's training flags: one home for arena.sh, ablations.sh and orderings.sh (sourced, not run).
+# Set before sourcing: SIZE (model size flags), FEATS (task feature flags, may be empty), AR (the teacher's
+# checkpoint), RET (RDT's retrieval file), NAR_UPDATES, RDT_UPDATES.  Defines:
+#   COMMON  task, data loading, logging flags of every training (no seed, no training split)
+#   OPT     the optimiser and schedule of every training
+#   SELECT  checkpoint selection by the validation decode score (--eval-cider) of the model's generator
+#   NAR_OPT the NAR models' learning rate, budget and selection
+#   NACF_FLAGS SAIC_FLAGS NARVL_FLAGS RDT_FLAGS
+#           each paradigm's model, criterion and validation decoding at the papers' training; the
+#           scripts add the arena's levers (--glat-ratio, --scale-positions), --group-size, the split
+COMMON="--task captioning $FEATS --dropout 0.1 --attention-dropout 0.1 --batch-size 64 --num-workers 0
+  --valid-subset val --no-epoch-checkpoints --cpu --no-progress-bar --log-interval 50"
+OPT="--optimizer adam --adam-betas (0.9,0.98) --clip-norm 1.0 --lr-scheduler inverse_sqrt"
+SELECT="--eval-cider --best-checkpoint-metric cider --maximize-best-checkpoint-metric"
+NAR_OPT="$OPT --lr 5e-4 --warmup-updates 100 --max-update $NAR_UPDATES $SELECT"
+# NACF: masked LM + visual words + length predictor from the AR weights; validated by CT-MP T = 2
+NACF_FLAGS="--arch nacf --encoder-type transformer $SIZE --criterion nacf_loss --mask-ratio-low 0.35
+  --mask-ratio-high 0.9 --init-from-ar $AR $NAR_OPT --generator ct-mp --nar-iterations 2"
+# SAIC: group mask + curriculum over the whole budget, from the AR weights; validated by outline-fill (1,1)
+# (the JSON has no space: the flags are split on whitespace)
+SAIC_FLAGS="--arch saic $SIZE --criterion group_mask --curriculum-updates $NAR_UPDATES --p-hybr 1 --init-from-ar $AR
+  $NAR_OPT --generator outline-fill --outline-beam 1 --fill-beam 1 --eval-cider-args {\"max_len_b\":30}"
+# NARVL over features: 40 learnable queries + Query-CTC, from the AR weights; validated by CTC decoding
+NARVL_FLAGS="--arch narvl_features $SIZE --num-queries 40 --criterion query_ctc --label-smoothing 0.1
+  --init-from-ar $AR $NAR_OPT --generator ctc"
+# RDT: its decoder depth = Semantic Transformer + Sentence Decoder blocks (default 1 + 1 = the AR decoder's 2);
+# from scratch as in the paper; cheaper updates, so RDT_UPDATES of them; validated at T = 10
+RDT_SIZE=$(echo "$SIZE" | sed -E "s/--decoder-layers ([0-9]+)/${RDT_SIZE_LAYERS:---decoder-layers 1 --semantic-layers 1}/")
+RDT_FLAGS="--arch rdt $RDT_SIZE --seq-len 24 --retrieval-file $RET --criterion rdt_loss $OPT --lr 1e-3
+  --warmup-updates 200 --max-update $RDT_UPDATES $SELECT --generator diffusion --diffusion-steps 10
+  --diffusion-eos-fallback"
