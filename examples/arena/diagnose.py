@@ -31,12 +31,10 @@ import torch
 
 
 def teacher_quality(data: str, kd_split: str) -> dict:
-    from fairseq_nar_caption.data.manifest import read_manifest
+    from fairseq_nar_caption.data.manifest import item_references, read_manifest
     from fairseq_nar_caption.evaluation.coco_metrics import coco_scores
 
-    refs = {}
-    for r in read_manifest(os.path.join(data, "train.tsv")):
-        refs.setdefault(r.item_id, []).append(r.caption)
+    refs = item_references(os.path.join(data, "train.tsv"))
     kd = {r.item_id: r.caption for r in read_manifest(os.path.join(data, f"{kd_split}.tsv"))}
     s = coco_scores({k: refs[k] for k in kd}, kd, spice="off", metrics=("Bleu", "CIDEr-D"))
     lengths = [len(c.split()) for c in kd.values()]
@@ -134,13 +132,11 @@ def retrieved_alone(data: str, retrieval: str, split: str = "test", max_items=No
     """RDT's condition as a caption: the top-1 retrieved sentence of every item of the split (its first
     ``max_items``, the benchmark's ``--max-items``), scored against the split's references (goals.py's
     --retrieved-cider)."""
-    from fairseq_nar_caption.data.manifest import read_manifest
+    from fairseq_nar_caption.data.manifest import item_references
     from fairseq_nar_caption.data.retrieval import load_retrieval_file
     from fairseq_nar_caption.evaluation.coco_metrics import coco_scores
 
-    refs = {}
-    for r in read_manifest(os.path.join(data, f"{split}.tsv")):
-        refs.setdefault(r.item_id, []).append(r.caption)
+    refs = item_references(os.path.join(data, f"{split}.tsv"))
     if max_items:
         refs = dict(list(refs.items())[:max_items])
     top = load_retrieval_file(retrieval)

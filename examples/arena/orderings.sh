@@ -5,7 +5,7 @@
 # arm, paired differences per seed, holds / does not hold).
 #
 #   make demo && bash examples/arena/orderings.sh            (demo scale: d 128, 1 + 2 layers, 300
-#                                                             updates, 3 seeds; ≈ 1 h on 2 cores)
+#                                                             updates, 3 seeds; ≈ 80 min on 2 cores)
 #   RUN=runs/arena_images UPD=600 SIZE="--embed-dim 256 --ffn-embed-dim 1024 --attention-heads 4 \
 #     --encoder-layers 2 --decoder-layers 2" bash examples/arena/orderings.sh   (the full recipe's scale)
 #
@@ -44,14 +44,15 @@ NACF="$NACF_FLAGS --glat-ratio $GLAT --scale-positions --length-beam 1"
 EVERY=$(( ($(wc -l < "$DATA/$KD.tsv") - 1 + 63) / 64 ))
 RAW="--train-subset train --validate-interval-updates $EVERY --save-interval-updates $EVERY --keep-interval-updates 1"
 DIS="--train-subset $KD"
-SAIC=$SAIC_FLAGS; NARVL=$NARVL_FLAGS; RDT=$RDT_FLAGS
 declare -A TRAIN=(
   [nacf_kd]="$NACF $DIS" [nacf_raw]="$NACF $RAW"
-  [saic2_kd]="$SAIC --group-size 2 $DIS" [saic2_raw]="$SAIC --group-size 2 $RAW" [saic4_kd]="$SAIC --group-size 4 $DIS"
-  [narvl_kd]="$NARVL --glat-ratio $GLAT $DIS" [narvl_raw]="$NARVL --glat-ratio $GLAT $RAW"
-  [narvl_ctc]="$NARVL $DIS" [narvl_ce]="$NARVL --loss ce --ctc-no-merge $DIS"
-  [rdt_kd]="$RDT $DIS" [rdt_raw]="$RDT $RAW" [rdt_base]="$RDT --lambda-f 1 --lambda-e 0 --lambda-rank 0 $DIS"
-  [rdt_rl]="$RDT --lambda-f 1 --lambda-e 0 $DIS" [rdt_rve]="$RDT --lambda-rank 0 $DIS")
+  [saic2_kd]="$SAIC_FLAGS --group-size 2 $DIS" [saic2_raw]="$SAIC_FLAGS --group-size 2 $RAW"
+  [saic4_kd]="$SAIC_FLAGS --group-size 4 $DIS"
+  [narvl_kd]="$NARVL_FLAGS --glat-ratio $GLAT $DIS" [narvl_raw]="$NARVL_FLAGS --glat-ratio $GLAT $RAW"
+  [narvl_ctc]="$NARVL_FLAGS $DIS" [narvl_ce]="$NARVL_FLAGS --loss ce --ctc-no-merge $DIS"
+  [rdt_kd]="$RDT_FLAGS $DIS" [rdt_raw]="$RDT_FLAGS $RAW"
+  [rdt_base]="$RDT_FLAGS --lambda-f 1 --lambda-e 0 --lambda-rank 0 $DIS"
+  [rdt_rl]="$RDT_FLAGS --lambda-f 1 --lambda-e 0 $DIS" [rdt_rve]="$RDT_FLAGS --lambda-rank 0 $DIS")
 # benchmark rows of an arm: "label|decoding args" (the checkpoint is added)
 rows() {
   case $1 in

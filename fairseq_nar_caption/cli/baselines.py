@@ -7,7 +7,7 @@ import json
 import os
 
 from ..data.feature_store import MultiModalFeatures, open_feature_store
-from ..data.manifest import eval_item_ids, read_manifest
+from ..data.manifest import eval_item_ids, item_references, read_manifest
 from ..evaluation.baselines import most_frequent_caption, nearest_neighbour_captions
 from ..evaluation.coco_metrics import coco_scores
 from ..utils import atomic_write_text
@@ -19,9 +19,7 @@ def run(data, feature_files="features.h5", key_template="{}", split="test", trai
     train = read_manifest(os.path.join(data, f"{train_split}.tsv"))
     rows = read_manifest(os.path.join(data, f"{split}.tsv"))
     ids = eval_item_ids(rows)
-    refs = {}
-    for r in rows:
-        refs.setdefault(r.item_id, []).append(r.caption)
+    refs = item_references(rows)
     feats = MultiModalFeatures([open_feature_store(p if os.path.isabs(p) else os.path.join(data, p), key_template,
                                                    **({} if max_abs is None else {"max_abs": max_abs}))
                                 for p in feature_files.split(",")])

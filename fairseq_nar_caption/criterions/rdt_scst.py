@@ -25,7 +25,7 @@ decodes the validation split with the diffusion sampler (the task's ``--diffusio
 --maximize-best-checkpoint-metric``.  The criterion itself adds nothing to a validation pass.
 """
 from dataclasses import dataclass, field
-from typing import Dict, List
+from typing import List
 
 import torch
 import torch.nn.functional as F
@@ -34,7 +34,7 @@ from fairseq.criterions import FairseqCriterion, register_criterion
 from fairseq.dataclass import FairseqDataclass
 from torch import Tensor
 
-from ..data.manifest import DataError
+from ..data.manifest import DataError, item_references
 from ..evaluation.coco_metrics import CorpusCiderD
 from ..models.rdt import forward_noise
 
@@ -67,12 +67,8 @@ class RDTSCSTCriterion(FairseqCriterion):
 
     def cider(self) -> CorpusCiderD:
         if self._cider is None:
-            from ..data.manifest import read_manifest
             import os
-            path = os.path.join(self.task.cfg.data, f"{self.reward_split}.tsv")
-            refs: Dict[str, List[str]] = {}
-            for r in read_manifest(path):
-                refs.setdefault(r.item_id, []).append(r.caption)
+            refs = item_references(os.path.join(self.task.cfg.data, f"{self.reward_split}.tsv"))
             self._cider = CorpusCiderD(list(refs.values()))
         return self._cider
 
@@ -95,11 +91,11 @@ class RDTSCSTCriterion(FairseqCriterion):
         source = teacher if (self.teacher_as_input and teacher is not None) else gt
         x0 = model.to_bits(source)
         bsz = x0.size(0)
-        refs = sample["references"]
-        cider = self.cider()
         if not model.training:  # validation: the task's --eval-cider decodes and scores (tasks/base.py)
             return torch.zeros((), device=x0.device), bsz, {"loss": 0.0, "nsentences": bsz, "sample_size": bsz,
                                                             "ntokens": bsz}
+        refs = sample["references"]
+        cider = self.cider()
         t, noise = torch.rand(bsz, device=x0.device) * self.max_time, torch.randn_like(x0)
         x_t, gamma = forward_noise(x0, t, model.noise_schedule, noise)  # Eq. 1
         if model.cfg.cascaded and "cascade_tokens" not in sample:

@@ -29,7 +29,7 @@ import torch
 from fairseq.data import FairseqDataset, data_utils
 
 from .feature_store import MultiModalFeatures
-from .manifest import CaptionRow, DataError, eval_item_ids
+from .manifest import CaptionRow, DataError, eval_item_ids, item_references
 from .visual_words import coarse_pos
 
 logger = logging.getLogger(__name__)
@@ -99,9 +99,7 @@ class CaptionDataset(SourceTargetSizes, FairseqDataset):
         self.shuffle = shuffle
         self.rows = rows
         self.item_order = eval_item_ids(rows)
-        self.refs = {}
-        for r in rows:
-            self.refs.setdefault(r.item_id, []).append(r.caption)
+        self.refs = item_references(rows)
         # features: presence, shape, values of every item, before anything trains
         self.tokens_per_modality, self.feature_dim = features.validate(
             self.item_order, dim=feature_dim, max_tokens=max_source_positions, check=feature_check)

@@ -22,7 +22,7 @@ import io
 import logging
 import os
 from dataclasses import dataclass
-from typing import Iterable, List, Optional
+from typing import Dict, Iterable, List, Optional
 
 from ..utils import atomic_write_text
 
@@ -152,6 +152,15 @@ def eval_item_ids(rows_or_path) -> List[str]:
             seen.add(r.item_id)
             order.append(r.item_id)
     return order
+
+
+def item_references(rows_or_path) -> Dict[str, List[str]]:
+    """item id → its captions, items in ``eval_item_ids`` order."""
+    rows = read_manifest(rows_or_path) if isinstance(rows_or_path, str) else rows_or_path
+    refs: Dict[str, List[str]] = {}
+    for r in rows:
+        refs.setdefault(r.item_id, []).append(r.caption)
+    return refs
 
 
 def write_coco_refs(path: str, rows, info: Optional[dict] = None) -> None:

@@ -91,9 +91,8 @@ class CTCGenerator(CaptionGenerator):
     requires = ("forward_decoder", "num_output_positions")
     model_hint = "a NARVL model, --arch narvl* or narvl_features*"
 
-    def __init__(self, models, dictionary, options: CTCOptions, args=None, context=None, allow_unk=False,
-                 dedup=False):
-        super().__init__(models, dictionary, options, args, context, allow_unk, dedup)
+    def __init__(self, models, dictionary, options: CTCOptions, args=None, context=None, **frame):
+        super().__init__(models, dictionary, options, args, context, **frame)  # allow_unk, dedup
         self.blank = dictionary.index("<blank>")
         self.beam, self.merge = options.ctc_beam, not options.ctc_no_merge
         self.refine_passes, self.refine_show = options.ctc_refine_passes, options.ctc_refine_show

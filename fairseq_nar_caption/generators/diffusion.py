@@ -77,9 +77,8 @@ class DiffusionGenerator(CaptionGenerator):
     model_hint = "an RDT model, --arch rdt*"
     max_models = 2  # a cascade: first.pt:second.pt
 
-    def __init__(self, models, dictionary, options: DiffusionOptions, args=None, context=None, allow_unk=False,
-                 dedup=False):
-        super().__init__(models, dictionary, options, args, context, allow_unk, dedup)
+    def __init__(self, models, dictionary, options: DiffusionOptions, args=None, context=None, **frame):
+        super().__init__(models, dictionary, options, args, context, **frame)  # allow_unk, dedup
         if len(models) == 2 and not models[1].cfg.cascaded:
             raise GeneratorError("a cascade (--path first.pt:second.pt) needs a second model trained with --cascaded")
         if models[0].cfg.cascaded:

@@ -41,9 +41,8 @@ class MaskPredictGenerator(CaptionGenerator):
     model_hint = "an NACF model, --arch nacf"
     algorithm, coarse_to_fine = "mp", False  # set per registered name
 
-    def __init__(self, models, dictionary, options: MaskPredictOptions, args=None, context=None, allow_unk=False,
-                 dedup=False):
-        super().__init__(models, dictionary, options, args, context, allow_unk, dedup)
+    def __init__(self, models, dictionary, options: MaskPredictOptions, args=None, context=None, **frame):
+        super().__init__(models, dictionary, options, args, context, **frame)  # allow_unk, dedup
         self.iterations, self.q, self.length_beam = options.nar_iterations, options.nar_q, options.length_beam
         self.revisit_template = not options.nar_skip_template_revisit
         self.alpha, self.min_len, self.max_len = options.length_norm_alpha, options.nar_min_length, \

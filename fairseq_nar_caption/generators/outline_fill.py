@@ -54,9 +54,8 @@ class OutlineFillGenerator(CaptionGenerator):
     requires = ("forward_filler", "group_size")
     model_hint = "a SAIC model, --arch saic"
 
-    def __init__(self, models, dictionary, options: OutlineFillOptions, args=None, context=None, allow_unk=False,
-                 dedup=False):
-        super().__init__(models, dictionary, options, args, context, allow_unk, dedup)
+    def __init__(self, models, dictionary, options: OutlineFillOptions, args=None, context=None, **frame):
+        super().__init__(models, dictionary, options, args, context, **frame)  # allow_unk, dedup
         self.m_out, self.m_fill = options.outline_beam, options.fill_beam
         self.k = k = self.model.group_size
         self.mask = dictionary.index("<mask>")
