@@ -39,13 +39,13 @@ import logging
 import os
 import re
 import shutil
-import tempfile
 import threading
 import zipfile
 
 import torch
 
-from .data.manifest import DataError
+from .errors import CheckpointError, DataError
+from .files import atomic_path
 
 logger = logging.getLogger(__name__)
 
@@ -55,10 +55,6 @@ torch.serialization.add_safe_globals(SAFE_GLOBALS)
 
 FINGERPRINT_KEY = "dictionary_fingerprint"
 SIZE_KEY = "dictionary_size"
-
-
-class CheckpointError(DataError):
-    """A checkpoint that cannot be used: the message names the file and the fix."""
 
 
 # --------------------------------------------------------------------------- file checks
@@ -231,16 +227,8 @@ def _wrap_resume(orig):
 def atomic_copy(src: str, dst: str) -> None:
     """Copy ``src`` to ``dst`` through a temporary file in ``dst``'s folder and a rename:
     readers (and a later resume) see the old file or the whole new one, never half."""
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(dst)), prefix=".tmp-", suffix=".pt")
-    os.close(fd)
-    try:
+    with atomic_path(dst) as tmp:
         shutil.copyfile(src, tmp)
-        shutil.copymode(src, tmp)  # mkstemp's 0600 would make the copy unreadable to others
-        os.replace(tmp, dst)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def _wrap_copy(orig):

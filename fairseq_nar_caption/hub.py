@@ -30,9 +30,9 @@ import torch
 from . import inference
 from .data import extraction
 from .data.caption_dataset import collate_features
-from .data.feature_store import DEFAULT_MAX_ABS, check_feature_values, open_feature_store
+from .data.feature_store import DEFAULT_MAX_ABS, check_feature_dtype, check_feature_values, open_feature_store
 from .data.frame_sampling import segment_frame_indices
-from .data.manifest import DataError
+from .errors import DataError
 
 
 class CaptionHub:
@@ -84,8 +84,7 @@ class CaptionHub:
         dim = self.loaded.task.feature_dim
         arrays = []
         for k, f in enumerate(features):
-            if not np.issubdtype(np.asarray(f).dtype, np.floating):  # int ids/pixels would be cast silently
-                raise ValueError(f"features[{k}]: dtype {np.asarray(f).dtype}, expected floating-point features")
+            check_feature_dtype(np.asarray(f).dtype, f"features[{k}]")
             a = torch.as_tensor(np.asarray(f, dtype=np.float32))
             if a.dim() != 2 or a.size(1) != dim:
                 raise ValueError(f"features[{k}]: shape {tuple(a.shape)}, the model expects (N, {dim})")

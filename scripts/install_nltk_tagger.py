@@ -25,7 +25,7 @@ import sys
 
 from nltk.tag.perceptron import PerceptronTagger
 
-from fairseq_nar_caption.utils import atomic_write_text
+from fairseq_nar_caption.files import atomic_write_text
 
 PICKLE_NAME = "trontagger-0.1.0.pickle"
 TAGGER_DIR = os.path.join("taggers", "averaged_perceptron_tagger_eng")

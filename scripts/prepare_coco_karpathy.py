@@ -41,7 +41,8 @@ import argparse
 from typing import Dict, List, Optional, Sequence
 
 from fairseq_nar_caption.cli.common import error_exit
-from fairseq_nar_caption.data.manifest import DataError, load_json
+from fairseq_nar_caption.errors import DataError
+from fairseq_nar_caption.files import load_json
 from fairseq_nar_caption.data.text import normalize_caption
 from fairseq_nar_caption.data.video_corpus import SPLITS, Video, check_features, write_video_corpus
 

@@ -51,7 +51,7 @@ import re
 from typing import Dict, List, Optional, Sequence
 
 from fairseq_nar_caption.cli.common import error_exit
-from fairseq_nar_caption.data.manifest import DataError
+from fairseq_nar_caption.errors import DataError
 from fairseq_nar_caption.data.text import normalize_caption
 
 from fairseq_nar_caption.data.video_corpus import SPLITS, Video, format_summary, write_video_corpus

@@ -43,7 +43,8 @@ import pickle
 from typing import Dict, List, Optional
 
 from fairseq_nar_caption.cli.common import error_exit
-from fairseq_nar_caption.data.manifest import DataError, load_json
+from fairseq_nar_caption.errors import DataError
+from fairseq_nar_caption.files import load_json
 from fairseq_nar_caption.data.ofa_tsv import OFA_COLUMNS, ImageEncoder, TsvWriter, clean_text, format_box_field
 
 

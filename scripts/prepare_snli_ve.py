@@ -27,7 +27,7 @@ import os
 from typing import Dict, List, Optional, Sequence
 
 from fairseq_nar_caption.cli.common import error_exit
-from fairseq_nar_caption.data.manifest import DataError
+from fairseq_nar_caption.errors import DataError
 from fairseq_nar_caption.data.ofa_tsv import ENTAILMENT_LABELS, OFA_COLUMNS, ImageEncoder, TsvWriter, clean_text
 
 SPLITS = ("train", "dev", "test")

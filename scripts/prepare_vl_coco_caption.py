@@ -35,7 +35,9 @@ import sys
 from typing import Dict, List, Optional
 
 from fairseq_nar_caption.cli.common import error_exit
-from fairseq_nar_caption.data.manifest import CaptionRow, DataError, load_json, write_coco_refs
+from fairseq_nar_caption.data.manifest import CaptionRow, write_coco_refs
+from fairseq_nar_caption.errors import DataError
+from fairseq_nar_caption.files import load_json
 from fairseq_nar_caption.data.ofa_tsv import CAPTION_SEP, OFA_COLUMNS, ImageEncoder, TsvWriter
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))

@@ -34,10 +34,10 @@ from collections import Counter
 from typing import Iterator, List, Optional, Sequence
 
 from fairseq_nar_caption.cli.common import error_exit
-from fairseq_nar_caption.data.manifest import DataError
+from fairseq_nar_caption.errors import DataError
 from fairseq_nar_caption.data.ofa_tsv import TASKS, iter_ofa_tsv, split_captions
 from fairseq_nar_caption.evaluation.vl_metrics import parse_ofa_answers
-from fairseq_nar_caption.utils import atomic_write_text
+from fairseq_nar_caption.files import atomic_write_text
 
 from fairseq_nar_caption.tasks.captioning import RESERVED_SYMBOLS as RESERVED  # <mask> <vis> <blank>, in order
 

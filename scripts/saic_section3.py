@@ -37,7 +37,7 @@ from fairseq import checkpoint_utils
 
 from fairseq_nar_caption import inference
 from fairseq_nar_caption.evaluation.coco_metrics import coco_scores
-from fairseq_nar_caption.utils import atomic_write_text
+from fairseq_nar_caption.files import atomic_write_text
 
 STRATEGIES = ("head", "tail", "random", "group")
 

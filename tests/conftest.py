@@ -92,3 +92,44 @@ def tiny_data(tmp_path):
     write_tsv(tmp_path / "test.tsv", [("3", "a blue circle"), ("2", "a blue box"), ("3", "one blue circle")])
     (tmp_path / "dict.txt").write_text("".join(f"{w} 1\n" for w in "a red circle ball blue square".split()))
     return tmp_path
+
+
+# --------------------------------------------------------------------------- data safety
+def digests(*roots):
+    """{path: sha256} of every file under ``roots`` (files or folders): compare before and after a
+    command to show that it left its inputs byte-identical."""
+    import hashlib
+
+    out = {}
+    for root in roots:
+        root = str(root)
+        paths = [root] if os.path.isfile(root) else [os.path.join(d, f) for d, _, fs in os.walk(root) for f in fs]
+        for p in paths:
+            with open(p, "rb") as f:
+                out[p] = hashlib.sha256(f.read()).hexdigest()
+    return out
+
+
+def file_size_limit(nbytes):
+    """``preexec_fn`` for a subprocess whose files cannot grow beyond ``nbytes`` (RLIMIT_FSIZE;
+    SIGXFSZ ignored, so a write past it fails with EFBIG): a full disk, without mounting one."""
+    import resource
+    import signal
+
+    def limit():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (nbytes, nbytes))
+
+    return limit
+
+
+def assert_one_line(p, prog, *fragments, status=1):
+    """Exit ``status``, the last stderr line starts with '<prog>: ' and holds every fragment, no traceback."""
+    lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
+    line = lines[-1] if lines else ""
+    assert p.returncode == status, (p.returncode, p.stderr[-2000:])
+    assert line.startswith(f"{prog}: "), p.stderr[-2000:]
+    for frag in fragments:
+        assert frag in line, line
+    assert "Traceback" not in p.stderr, p.stderr[-2000:]
+    return line

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from conftest import BIN, REPO, USER_DIR, run_cli, write_h5, write_tsv
-from fairseq_nar_caption.data.manifest import DataError
+from fairseq_nar_caption.errors import DataError
 
 ONE_THREAD = dict(os.environ, OMP_NUM_THREADS="1")
 ONE_THREAD.pop("NAR_CAPTION_TRACEBACK", None)

@@ -8,7 +8,8 @@ import torch
 from conftest import write_h5, write_tsv
 from fairseq_nar_caption.data.caption_dataset import CaptionDataset
 from fairseq_nar_caption.data.feature_store import (MultiModalFeatures, format_key, open_feature_store)
-from fairseq_nar_caption.data.manifest import CaptionRow, DataError, read_manifest, write_manifest
+from fairseq_nar_caption.data.manifest import CaptionRow, read_manifest, write_manifest
+from fairseq_nar_caption.errors import DataError
 from fairseq_nar_caption.tasks.captioning import CaptioningTask
 
 

@@ -17,7 +17,7 @@ from conftest import BIN, USER_DIR, run_cli, write_tsv
 from fairseq_nar_caption.cli import caption as caption_cli
 from fairseq_nar_caption.cli import extract as extract_cli
 from fairseq_nar_caption.data import extraction
-from fairseq_nar_caption.data.manifest import DataError
+from fairseq_nar_caption.errors import DataError
 
 PHOTOS = {"grace_hopper": "a woman in a navy uniform", "china": "a temple under a blue sky",
           "flower": "a pink flower with green leaves"}

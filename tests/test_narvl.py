@@ -17,7 +17,7 @@ from fairseq.sequence_generator import SequenceGenerator
 
 from conftest import BIN, REPO, USER_DIR, run_cli
 from fairseq_nar_caption.criterions.query_ctc import QueryCTCCriterion, ctc_min_positions
-from fairseq_nar_caption.data.manifest import DataError
+from fairseq_nar_caption.errors import DataError
 from fairseq_nar_caption.data.toy import ToyConfig, generate
 from fairseq_nar_caption.generators.ctc import collapse, prefix_beam_search
 from fairseq_nar_caption.models.modules.ofa_encoder import EfficientNetLite0Backbone, map_ofa_encoder_state

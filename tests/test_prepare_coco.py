@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from conftest import REPO, write_h5
-from fairseq_nar_caption.data.manifest import DataError, eval_item_ids, read_manifest
+from fairseq_nar_caption.data.manifest import eval_item_ids, read_manifest
+from fairseq_nar_caption.errors import DataError
 from fairseq_nar_caption.tasks.captioning import CaptioningConfig, CaptioningTask
 
 sys.path.insert(0, os.path.join(REPO, "scripts"))

@@ -12,7 +12,8 @@ from conftest import REPO, write_h5
 from fairseq_nar_caption.data.caption_dataset import CaptionDataset
 from fairseq_nar_caption.data.feature_store import HDF5FeatureStore, MultiModalFeatures, open_feature_store
 from fairseq_nar_caption.data.frame_sampling import FrameSampledStore, segment_frame_indices
-from fairseq_nar_caption.data.manifest import DataError, eval_item_ids, read_manifest
+from fairseq_nar_caption.data.manifest import eval_item_ids, read_manifest
+from fairseq_nar_caption.errors import DataError
 from fairseq_nar_caption.tasks.captioning import CaptioningConfig, CaptioningTask
 
 sys.path.insert(0, os.path.join(REPO, "scripts"))

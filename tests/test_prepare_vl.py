@@ -11,7 +11,7 @@ from PIL import Image
 from conftest import REPO, run_cli
 from fairseq_nar_caption.cli.score_vl import score_vl
 from fairseq_nar_caption.data.boxes import bin_symbol, quantize_box
-from fairseq_nar_caption.data.manifest import DataError
+from fairseq_nar_caption.errors import DataError
 from fairseq_nar_caption.data.ofa_tsv import (
     OFA_COLUMNS, TsvWriter, b64_to_image, image_size, parse_box_field, read_ofa_tsv, split_captions,
 )

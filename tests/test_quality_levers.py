@@ -16,7 +16,8 @@ from fairseq_nar_caption.criterions.nacf_loss import NACFLoss
 from fairseq_nar_caption.criterions.query_ctc import QueryCTCCriterion
 from fairseq_nar_caption.evaluation.coco_metrics import CorpusCiderD, coco_scores
 from fairseq_nar_caption.generators.ctc import CTCGenerator, collapse
-from fairseq_nar_caption.generators.options import CTCOptions, GeneratorError
+from fairseq_nar_caption.generators.options import CTCOptions
+from fairseq_nar_caption.errors import GeneratorError
 
 
 def dictionary(words=("a", "b", "c", "d")):

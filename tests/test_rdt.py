@@ -15,14 +15,14 @@ from fairseq.data import Dictionary
 from fairseq_nar_caption.cli import retrieve
 from fairseq_nar_caption.criterions.rdt_loss import ranking_loss, sentence_quality
 from fairseq_nar_caption.criterions.rdt_scst import CorpusCiderD
-from fairseq_nar_caption.data.manifest import DataError
+from fairseq_nar_caption.errors import DataError
 from fairseq_nar_caption.generators import build_caption_generator
 from fairseq_nar_caption.generators.diffusion import ddim_step, item_normal, reverse_step
 from fairseq_nar_caption.models.modules.bits import (bits_to_ids, codebook, ids_to_bits, num_bits, predict_x0,
                                                      threshold_ids)
 from fairseq_nar_caption.models.modules.ranking_attention import (MultiheadRankingAttention, ranked_attention,
                                                                   ranked_set_sizes)
-from fairseq_nar_caption.generators.options import GeneratorError
+from fairseq_nar_caption.errors import GeneratorError
 from fairseq_nar_caption.models.rdt import RDTModel, alpha_sigma, forward_noise, log_snr_gamma
 
 
@@ -423,7 +423,7 @@ def test_guided_scst_refuses_to_train_without_a_validation_decode_score():
     from types import SimpleNamespace
 
     from fairseq_nar_caption.criterions.rdt_scst import RDTSCSTCriterion
-    from fairseq_nar_caption.data.manifest import DataError
+    from fairseq_nar_caption.errors import DataError
 
     task = SimpleNamespace(cfg=SimpleNamespace(eval_cider=False), target_dictionary=None)
     with pytest.raises(DataError, match="rdt_scst validates by decoding: set --eval-cider"):

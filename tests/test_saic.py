@@ -20,7 +20,8 @@ from fairseq_nar_caption.cli import distill
 from fairseq_nar_caption.criterions.group_mask import (GroupMaskCriterion, group_proportion, hybrid_targets,
                                                        split_batch)
 from fairseq_nar_caption.data.hybrid_distill import HybridDistillDataset
-from fairseq_nar_caption.data.manifest import DataError, read_manifest
+from fairseq_nar_caption.data.manifest import read_manifest
+from fairseq_nar_caption.errors import DataError
 from fairseq_nar_caption.data.toy import ToyConfig, generate
 from fairseq_nar_caption.evaluation.baselines import most_frequent_caption
 from fairseq_nar_caption.evaluation.coco_metrics import coco_scores

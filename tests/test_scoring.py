@@ -10,9 +10,11 @@ from pathlib import Path
 import pytest
 
 from fairseq_nar_caption.cli.score import cli_main
-from fairseq_nar_caption.data.manifest import CaptionRow, DataError, eval_item_ids, write_manifest
+from fairseq_nar_caption.data.manifest import CaptionRow, eval_item_ids, write_manifest
+from fairseq_nar_caption.errors import DataError
 from fairseq_nar_caption.evaluation import coco_metrics
-from fairseq_nar_caption.evaluation.coco_metrics import MetricUnavailable, coco_scores
+from fairseq_nar_caption.evaluation.coco_metrics import coco_scores
+from fairseq_nar_caption.errors import MetricUnavailable
 from fairseq_nar_caption.evaluation.diversity import diversity
 from fairseq_nar_caption.evaluation.references import (
     load_coco_refs,

@@ -95,7 +95,7 @@ import sys  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from fairseq_nar_caption.cli.score_vl import score_vl  # noqa: E402
-from fairseq_nar_caption.data.manifest import DataError  # noqa: E402
+from fairseq_nar_caption.errors import DataError  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

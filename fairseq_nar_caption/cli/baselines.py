@@ -10,7 +10,7 @@ from ..data.feature_store import MultiModalFeatures, open_feature_store
 from ..data.manifest import eval_item_ids, item_references, read_manifest
 from ..evaluation.baselines import most_frequent_caption, nearest_neighbour_captions
 from ..evaluation.coco_metrics import coco_scores
-from ..utils import atomic_write_text
+from ..files import atomic_write_text
 from .common import add_feature_args, run_main
 
 

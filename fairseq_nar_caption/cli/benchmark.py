@@ -38,7 +38,7 @@ from ..evaluation.chart import chart_points, draw_pareto
 from ..evaluation.coco_metrics import coco_scores
 from ..evaluation.diversity import repeat_rate, unk_rate
 from ..evaluation.latency import interleaved_latency, interleaved_throughput, markdown_table, summarize
-from ..generators.options import GeneratorError
+from ..errors import GeneratorError
 from .common import run_main
 
 FIXED_POSITION_GENERATORS = ("ctc", "diffusion")

@@ -22,8 +22,8 @@ import logging
 import sys
 
 from ..data import extraction
-from ..data.manifest import DataError
-from ..utils import atomic_write_text
+from ..errors import DataError
+from ..files import atomic_write_text
 from .common import add_device_arg, run_main
 
 

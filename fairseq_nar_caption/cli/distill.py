@@ -14,7 +14,8 @@ import argparse
 import os
 
 from .. import inference
-from ..data.manifest import CaptionRow, DataError, write_manifest
+from ..data.manifest import CaptionRow, write_manifest
+from ..errors import DataError
 from ..data.text import pos_tag_captions
 from .common import add_device_arg, run_main
 

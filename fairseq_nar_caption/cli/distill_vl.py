@@ -19,8 +19,8 @@ import argparse
 import os
 
 from .. import inference
-from ..data.manifest import DataError
-from ..utils import atomic_write_text
+from ..errors import DataError
+from ..files import atomic_write_text
 from .common import add_device_arg, run_main
 
 

@@ -49,8 +49,9 @@ import numpy as np
 import torch
 
 from ..data.feature_store import MultiModalFeatures, open_feature_store
-from ..data.manifest import DataError, eval_item_ids, read_manifest
-from ..utils import atomic_write_text
+from ..data.manifest import eval_item_ids, read_manifest
+from ..errors import DataError
+from ..files import atomic_write_text
 from .common import run_main
 
 EMBEDDING = ("ridge map from standardised mean-pooled features to TF-IDF bag-of-words (cli/retrieve.py), "

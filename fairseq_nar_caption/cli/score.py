@@ -21,12 +21,13 @@ import json
 import os
 from typing import Dict, Iterable, List, Optional
 
-from ..data.manifest import DataError, eval_item_ids, read_manifest
+from ..data.manifest import eval_item_ids, read_manifest
+from ..errors import DataError
 from ..evaluation.coco_metrics import METRICS, coco_scores
 from ..evaluation.diversity import diversity
 from ..evaluation.references import (check_sample_order, load_coco_refs, load_coco_results, map_sample_ids,
                                      parse_generate_output, parse_generate_targets)
-from ..utils import atomic_write_text
+from ..files import atomic_write_text
 from .common import run_main
 
 # Table columns: (result key, header); scores are printed x100 except the word count.

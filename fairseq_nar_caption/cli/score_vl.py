@@ -39,12 +39,12 @@ import os
 from typing import Dict, List, Optional, Sequence
 
 from ..data.boxes import dequantize_box, iou, parse_box_tokens
-from ..data.manifest import DataError
+from ..errors import DataError
 from ..data.ofa_tsv import TASKS, find_image_file, image_size, parse_box_field, read_ofa_tsv, split_captions
 from ..evaluation.coco_metrics import METRICS, coco_scores
 from ..evaluation.references import load_coco_refs
 from ..evaluation.vl_metrics import accuracy, grounding_hits, normalize_answer, parse_ofa_answers, vqa_score
-from ..utils import atomic_write_text
+from ..files import atomic_write_text
 from .common import run_main
 
 

@@ -4,8 +4,7 @@
 """
 import argparse
 
-from ..data.manifest import load_json
-from ..utils import atomic_write_text
+from ..files import atomic_write_text, load_json
 from .common import run_main
 from .score import markdown_table
 

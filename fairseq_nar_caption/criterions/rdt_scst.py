@@ -34,7 +34,8 @@ from fairseq.criterions import FairseqCriterion, register_criterion
 from fairseq.dataclass import FairseqDataclass
 from torch import Tensor
 
-from ..data.manifest import DataError, item_references
+from ..data.manifest import item_references
+from ..errors import DataError
 from ..evaluation.coco_metrics import CorpusCiderD
 from ..models.rdt import forward_noise
 

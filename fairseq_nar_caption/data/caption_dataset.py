@@ -29,7 +29,8 @@ import torch
 from fairseq.data import FairseqDataset, data_utils
 
 from .feature_store import MultiModalFeatures
-from .manifest import CaptionRow, DataError, eval_item_ids, item_references
+from .manifest import CaptionRow, eval_item_ids, item_references
+from ..errors import DataError
 from .visual_words import coarse_pos
 
 logger = logging.getLogger(__name__)

@@ -54,10 +54,10 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from ..utils import atomic_write_text
+from ..files import atomic_write_text
 from .feature_store import check_feature_values
 from .frame_sampling import segment_frame_indices
-from .manifest import DataError
+from ..errors import DataError
 
 RECORD_FILE = "extractor.json"
 ITEMS_FILE = "items.tsv"
@@ -272,7 +272,7 @@ def stores_of(media: str) -> Tuple[str, ...]:
 
 def read_record(folder: str) -> Optional[dict]:
     """``folder/extractor.json``, or None when the folder has none."""
-    from .manifest import load_json
+    from ..files import load_json
 
     path = os.path.join(folder, RECORD_FILE)
     if not os.path.isfile(path):

@@ -28,7 +28,7 @@ from typing import Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .manifest import DataError
+from ..errors import DataError
 
 
 def format_key(template: str, item_id: str) -> str:
@@ -75,12 +75,19 @@ def check_key_template(template: str) -> str:
 DEFAULT_MAX_ABS = 1e4
 
 
+def check_feature_dtype(dtype, where: str) -> None:
+    """Features are floating-point numbers: integers (ids, pixels, quantised codes) or other dtypes
+    are refused, never cast (one rule for stores and for arrays handed to the hub)."""
+    if not np.issubdtype(np.dtype(dtype), np.floating):
+        raise DataError(f"{where}: dtype {np.dtype(dtype)}, expected floating-point features (integer or other "
+                        f"values would be cast silently; store the features as float32)")
+
+
 def check_feature_values(arr, where: str, max_abs: Optional[float] = DEFAULT_MAX_ABS) -> None:
     """One DataError naming ``where`` for non-numeric, NaN/Inf, or (beyond ``max_abs``) absurd values
     (the load-time check of the stores; the hub applies it to arrays it is handed)."""
     arr = np.asarray(arr)
-    if not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
-        raise DataError(f"{where}: features of dtype {arr.dtype}, expected numbers")
+    check_feature_dtype(arr.dtype, where)
     finite = np.isfinite(arr)
     if not finite.all():
         raise DataError(f"{where}: {int((~finite).sum())} NaN/Inf value(s) in features")
@@ -112,7 +119,12 @@ class FeatureStore:
 
     # subclass API ------------------------------------------------------------
     def _shape(self, key: str) -> Optional[Tuple[int, ...]]:
-        """Shape of the stored array, or None when the key is absent."""
+        """Shape of the stored array, or None when the key is absent (a key that holds something
+        other than an array, e.g. an HDF5 group, is a DataError naming it)."""
+        raise NotImplementedError
+
+    def _dtype(self, key: str):
+        """dtype of the stored array (read from its header, not its values)."""
         raise NotImplementedError
 
     def _read(self, key: str) -> np.ndarray:
@@ -140,6 +152,7 @@ class FeatureStore:
         if shp[0] == 0 or shp[1] == 0:
             raise DataError(f"{self.path}: item {item_id}: no frames or feature vectors (features shaped {shp}); "
                             f"every item needs at least one")
+        check_feature_dtype(self._dtype(self.key(item_id)), f"{self.path}: item {item_id}")
         return shp
 
     def get(self, item_id: str) -> np.ndarray:
@@ -242,18 +255,33 @@ class HDF5FeatureStore(FeatureStore):
         self._h5 = None
         _OPEN_HDF5.discard(self)
 
-    def _shape(self, key):
+    def _dataset(self, key):
+        """The HDF5 dataset under ``key``, or None when absent."""
+        import h5py
+
         f = self._file()
         try:
             if key not in f:
                 return None
-            return tuple(f[key].shape)
+            obj = f[key]
         except (OSError, KeyError, RuntimeError) as e:
             raise DataError(f"{self.path}: key {key!r}: cannot be read ({type(e).__name__}: {e}); "
                             f"the file may be truncated") from None
+        if not isinstance(obj, h5py.Dataset):
+            kind = "an HDF5 group" if isinstance(obj, h5py.Group) else type(obj).__name__
+            raise DataError(f"{self.path}: key {key!r} is {kind}, not a dataset of features (a group's "
+                            f"datasets are reached with --feature-key-template, e.g. '{key}/{{}}')")
+        return obj
+
+    def _shape(self, key):
+        ds = self._dataset(key)
+        return None if ds is None else tuple(ds.shape)
+
+    def _dtype(self, key):
+        return self._dataset(key).dtype
 
     def _read(self, key):
-        return self._file()[key][()]
+        return self._dataset(key)[()]
 
     def _all_shapes(self):
         import h5py
@@ -290,6 +318,9 @@ class NpyFeatureStore(FeatureStore):
         if not os.path.isfile(f):
             return None
         return tuple(self._load(f, mmap_mode="r").shape)
+
+    def _dtype(self, key):
+        return self._load(self._file_of(key), mmap_mode="r").dtype
 
     def _read(self, key):
         return self._load(self._file_of(key))

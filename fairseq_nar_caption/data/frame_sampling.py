@@ -29,7 +29,7 @@ from typing import Dict, Iterable, Optional, Tuple
 import numpy as np
 
 from .feature_store import FeatureStore
-from .manifest import DataError
+from ..errors import DataError
 
 MODES = ("centre", "random")
 

@@ -20,7 +20,8 @@ import numpy as np
 from fairseq.data import BaseWrapperDataset, data_utils
 
 from .caption_dataset import CaptionDataset, encode_caption
-from .manifest import DataError, read_manifest
+from .manifest import read_manifest
+from ..errors import DataError
 
 
 class HybridDistillDataset(BaseWrapperDataset):

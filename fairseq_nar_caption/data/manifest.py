@@ -1,6 +1,6 @@
 """Caption manifests: one TSV row per caption.
 
-Format (UTF-8, tab separated, first line is a header naming the columns):
+Format (UTF-8, a leading byte-order mark accepted; tab separated, first line is a header naming the columns):
 
     item_id <TAB> caption [<TAB> pos] [<TAB> category]
 
@@ -24,31 +24,13 @@ import os
 from dataclasses import dataclass
 from typing import Dict, Iterable, List, Optional
 
-from ..utils import atomic_write_text
+from ..errors import DataError
+from ..files import atomic_write_text, read_bytes, decode_text
 
 logger = logging.getLogger(__name__)
 
 REQUIRED = ("item_id", "caption")
 OPTIONAL = ("pos", "category")
-
-
-class DataError(ValueError):
-    """Bad input data: the message names the file and the item."""
-
-
-def load_json(path: str, what: str):
-    """A JSON file, or one DataError naming it: missing, not UTF-8, or invalid (with the line)."""
-    import json
-
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except (FileNotFoundError, IsADirectoryError):
-        raise DataError(f"{path}: {what} file not found") from None
-    except UnicodeDecodeError as e:
-        raise DataError(f"{path}: {what} file is not UTF-8 text ({e.reason})") from None
-    except json.JSONDecodeError as e:
-        raise DataError(f"{path}:{e.lineno}: invalid JSON ({e.msg})") from None
 
 
 @dataclass(frozen=True)
@@ -60,17 +42,8 @@ class CaptionRow:
 
 
 def read_manifest(path: str) -> List[CaptionRow]:
-    if not os.path.exists(path):
-        raise DataError(f"{path}: manifest not found")
     rows: List[CaptionRow] = []
-    with open(path, "rb") as fb:
-        raw = fb.read()
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        lineno = raw[: e.start].count(b"\n") + 1
-        raise DataError(f"{path}:{lineno}: not UTF-8 text (byte {raw[e.start]:#04x} at offset {e.start}); "
-                        f"re-encode the manifest as UTF-8") from None
+    text = decode_text(read_bytes(path, "manifest"), path, "manifest")
     first_line = {}
     duplicates = []
     with io.StringIO(text, newline="") as f:

@@ -58,7 +58,7 @@ import sys
 import tempfile
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
-from .manifest import DataError
+from ..errors import DataError
 
 TASKS = ("caption", "vqa", "grounding", "entailment")
 

@@ -36,7 +36,8 @@ import torch
 from fairseq.data import BaseWrapperDataset, data_utils
 
 from .caption_dataset import base_caption_dataset, encode_caption
-from .manifest import DataError, read_manifest
+from .manifest import read_manifest
+from ..errors import DataError
 
 
 TEST_CONDITIONS = ("retrieved", "random", "none")

@@ -16,8 +16,8 @@ import string
 from collections import Counter
 from typing import Iterable, List, Sequence, Tuple
 
-from ..utils import atomic_write_text
-from .manifest import DataError
+from ..files import atomic_write_text
+from ..errors import DataError
 
 # ASCII punctuation is deleted outright (so "t-shirt" -> "tshirt", "man's" -> "mans");
 # any other non-word, non-space character (unicode quotes, dashes, symbols) too.

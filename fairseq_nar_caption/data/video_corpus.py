@@ -9,7 +9,8 @@ from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence
 
 from .feature_store import format_key, open_feature_store
-from .manifest import CaptionRow, DataError, write_coco_refs, write_manifest
+from .manifest import CaptionRow, write_coco_refs, write_manifest
+from ..errors import DataError
 from .text import build_dictionary, pos_tag_captions
 
 SPLITS = ("train", "val", "test")

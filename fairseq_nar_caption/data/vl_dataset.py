@@ -34,7 +34,7 @@ from PIL import Image
 
 from ..evaluation.vl_metrics import parse_ofa_answers
 from .caption_dataset import SourceTargetSizes
-from .manifest import DataError
+from ..errors import DataError
 from .ofa_tsv import ENTAILMENT_LABELS, OFA_COLUMNS, image_size, iter_ofa_tsv, parse_box_field, split_captions
 
 IMAGE_CHECKS = ("full", "lazy")

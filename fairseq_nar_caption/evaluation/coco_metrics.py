@@ -33,7 +33,7 @@ from pycocoevalcap.meteor.meteor import Meteor
 from pycocoevalcap.rouge.rouge import Rouge
 from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 
-from ..data.manifest import DataError
+from ..errors import DataError, MetricUnavailable
 
 # Metric groups selectable with ``metrics=``; "Bleu" yields Bleu_1..Bleu_4.
 # SPICE is not in this list: it is controlled by the ``spice`` argument alone.
@@ -51,10 +51,6 @@ CORENLP_URL = "http://nlp.stanford.edu/software/stanford-corenlp-full-2015-12-09
 
 # How many missing ids an id-mismatch error lists.
 _SHOW_IDS = 5
-
-
-class MetricUnavailable(RuntimeError):
-    """A requested metric cannot run here (no ``java``, or SPICE jars missing)."""
 
 
 def missing_spice_jars() -> List[str]:

@@ -19,7 +19,8 @@ from __future__ import annotations
 import os
 from typing import Dict, Iterable, List, Sequence, Union
 
-from ..data.manifest import DataError, load_json
+from ..errors import DataError
+from ..files import load_json
 
 
 def load_coco_refs(path: str) -> Dict[str, List[str]]:

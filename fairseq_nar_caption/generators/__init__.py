@@ -11,7 +11,8 @@ check) with their own options dataclass (``options.py``), built by
 from typing import Dict
 
 from .base import CaptionGenerator, GeneratorContext, RuledSequenceGenerator, banned_symbols, model_name
-from .options import DecodingConfig, GeneratorError, check_foreign_options, options_of
+from .options import DecodingConfig, check_foreign_options, options_of
+from ..errors import GeneratorError
 
 GENERATOR_REGISTRY: Dict[str, type] = {}
 

@@ -24,7 +24,7 @@ import torch
 from fairseq.sequence_generator import EnsembleModel, SequenceGenerator
 from torch import Tensor
 
-from .options import GeneratorError
+from ..errors import GeneratorError
 
 RESERVED_SYMBOLS = ("<mask>", "<vis>", "<blank>")
 

@@ -31,7 +31,8 @@ from torch import Tensor
 
 from . import register_generator
 from .base import CaptionGenerator
-from .options import CTCOptions, GeneratorError
+from .options import CTCOptions
+from ..errors import GeneratorError
 
 
 def collapse(tokens: Tensor, blank: int, merge_repeats: bool = True) -> List[List[int]]:

@@ -36,7 +36,8 @@ from torch import Tensor
 
 from . import register_generator
 from .base import CaptionGenerator
-from .options import DiffusionOptions, GeneratorError
+from .options import DiffusionOptions
+from ..errors import GeneratorError
 from ..models.modules.bits import bits_to_ids
 from ..models.rdt import alpha_sigma
 

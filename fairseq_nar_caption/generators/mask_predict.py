@@ -30,7 +30,8 @@ from torch import Tensor
 
 from . import register_generator
 from .base import CaptionGenerator
-from .options import GeneratorError, MaskPredictOptions
+from .options import MaskPredictOptions
+from ..errors import GeneratorError
 
 ALGORITHMS = ("mp", "ef", "l2r")
 

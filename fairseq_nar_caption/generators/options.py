@@ -12,12 +12,7 @@ from typing import Optional
 
 from fairseq.dataclass import FairseqDataclass
 
-from ..data.manifest import DataError
-
-
-class GeneratorError(DataError):
-    """A generator/model/option combination that cannot work; the message names them (a known
-    error: the command line prints it as one line, like bad data)."""
+from ..errors import GeneratorError
 
 
 @dataclass

@@ -22,7 +22,7 @@ from omegaconf import II, open_dict
 import torch
 import torch.nn as nn
 
-from ..data.manifest import DataError
+from ..errors import DataError
 from .modules.feature_encoder import FeatureEncoder
 from .modules.highway_encoder import HighwayFeatureEncoder
 

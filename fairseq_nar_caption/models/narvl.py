@@ -36,7 +36,7 @@ from fairseq.utils import safe_getattr
 from omegaconf import II, DictConfig, open_dict
 from torch import Tensor
 
-from ..data.manifest import DataError
+from ..errors import DataError
 from .ar_caption import (CaptionEncoderDecoderModel, CaptionModelConfig, ar_caption_tiny, build_encoder,
                          load_ar_weights, transformer_config)
 from .modules.ofa_encoder import OFAEncoder, build_backbone, grid_size, load_ofa_encoder

@@ -43,7 +43,7 @@ from fairseq.modules import LayerNorm
 from fairseq.modules.transformer_layer import TransformerDecoderLayerBase, TransformerEncoderLayerBase
 from torch import Tensor
 
-from ..data.manifest import DataError
+from ..errors import DataError
 from .ar_caption import CaptionEncoderDecoderModel, CaptionModelConfig, resolve_feature_dim, transformer_config
 from .modules.bits import codebook, num_bits, predict_x0
 from .modules.feature_encoder import CaptionEncoderBase

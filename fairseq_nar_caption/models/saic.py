@@ -75,7 +75,7 @@ from fairseq.modules import FairseqDropout, LayerNorm, PositionalEmbedding
 from fairseq.modules.transformer_layer import TransformerDecoderLayerBase
 from torch import Tensor
 
-from ..data.manifest import DataError
+from ..errors import DataError
 from .ar_caption import (CaptionEncoderDecoderModel, CaptionModelConfig, build_encoder,
                          ar_caption_tiny, build_output_projection, load_ar_weights, transformer_config)
 from .modules.rpr_attention import IncrementalState, RelativePositionMultiheadAttention

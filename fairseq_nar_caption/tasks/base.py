@@ -28,7 +28,7 @@ from fairseq.dataclass import FairseqDataclass
 from fairseq.dataclass.configs import GenerationConfig
 from fairseq.tasks import FairseqTask
 
-from ..data.manifest import DataError
+from ..errors import DataError
 from ..generators import (GeneratorContext, GeneratorError, RuledSequenceGenerator, banned_symbols,
                           build_caption_generator, check_model_generator)
 from ..generators.base import RESERVED_SYMBOLS

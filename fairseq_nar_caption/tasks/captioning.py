@@ -35,7 +35,8 @@ from ..data.caption_dataset import CaptionDataset, base_caption_dataset
 from ..data.feature_store import MultiModalFeatures, open_feature_store
 from ..data.frame_sampling import FrameSampledStore
 from ..data.hybrid_distill import HybridDistillDataset
-from ..data.manifest import DataError, read_manifest
+from ..data.manifest import read_manifest
+from ..errors import DataError
 from ..data.retrieval import RetrievalDataset, load_cascade_manifests, load_retrieval_file
 from ..generators.base import RESERVED_SYMBOLS  # noqa: F401  (re-exported: tests and scripts import it here)
 from ..generators.options import DecodingConfig

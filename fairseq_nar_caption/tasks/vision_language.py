@@ -33,7 +33,7 @@ from fairseq.dataclass import ChoiceEnum
 from fairseq.tasks import register_task
 from omegaconf import II, MISSING
 
-from ..data.manifest import DataError
+from ..errors import DataError
 from ..data.vl_dataset import ImageLoader, VLDataset, read_vl_tsv
 from ..generators import GeneratorContext
 from ..generators.options import DecodingConfig
