@@ -33,15 +33,15 @@ import os
 import tempfile
 from typing import Iterator, Optional, Sequence
 
-from .errors import DataError, OutputError
+from .errors import DataError, KnownError, OutputError
 
 logger = logging.getLogger(__name__)
 
 BOM = "\ufeff"
 LEDGER = ".nar-caption-outputs.json"
-# errors that mean "this location cannot take the output", as opposed to a bug
-WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG, errno.EIO,
-                errno.ENOTDIR, errno.ENOENT, errno.EISDIR, errno.ENAMETOOLONG}
+# errors of a writer that mean "this location cannot take the output" (a full disk or quota, a
+# read-only file system, a file-size limit, a failing device), as opposed to a bad input or a bug
+WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG, errno.EIO}
 
 
 # ----------------------------------------------------------------------------- reading
@@ -115,15 +115,24 @@ def made_by(path: str) -> Optional[str]:
 
 
 def record_output(path: str, command: str, digest: Optional[str] = None) -> None:
-    """Enter ``path`` in its folder's ledger as made by ``command``.  A ledger that cannot be written
-    is a warning (the output itself is whole): a later run then asks for ``--overwrite``."""
+    """Enter ``path`` in its folder's ledger as made by ``command`` (under a lock on the folder, so
+    that commands writing into one folder at once keep every entry).  A ledger that cannot be
+    written is a warning (the output itself is whole): a later run then asks for ``--overwrite``."""
+    import fcntl
+
     ledger = _ledger_of(path)
-    files = _read_ledger(ledger)
-    files[os.path.basename(path)] = {"command": command, "sha256": digest or sha256_file(path)}
+    digest = digest or sha256_file(path)
     try:
-        _replace_with(ledger, json.dumps({"format": 1, "files": files}, indent=1, sort_keys=True).encode("utf-8"))
-    except OSError as e:
-        logger.warning(f"{ledger}: cannot record {os.path.basename(path)} as made by {command} ({e.strerror})")
+        folder = os.open(os.path.dirname(ledger), os.O_RDONLY)
+        try:
+            fcntl.flock(folder, fcntl.LOCK_EX)
+            files = _read_ledger(ledger)
+            files[os.path.basename(path)] = {"command": command, "sha256": digest}
+            _replace_with(ledger, json.dumps({"format": 1, "files": files}, indent=1, sort_keys=True).encode())
+        finally:
+            os.close(folder)  # releases the lock
+    except (OSError, KnownError) as e:
+        logger.warning(f"{ledger}: cannot record {os.path.basename(path)} as made by {command} ({e})")
 
 
 # ----------------------------------------------------------------------------- checks before work
@@ -205,6 +214,13 @@ def atomic_path(path: str, made_by: Optional[str] = None) -> Iterator[str]:
         raise write_failure(path, e) from None
     try:
         yield tmp
+    except BaseException as e:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        if isinstance(e, OSError) and e.errno in WRITE_ERRNOS:
+            raise write_failure(path, e) from None
+        raise
+    try:
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would hide the output from others
@@ -213,7 +229,7 @@ def atomic_path(path: str, made_by: Optional[str] = None) -> Iterator[str]:
     except BaseException as e:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
-        if isinstance(e, OSError) and e.errno in WRITE_ERRNOS:
+        if isinstance(e, OSError):
             raise write_failure(path, e) from None
         raise
     if made_by:

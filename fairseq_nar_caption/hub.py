@@ -8,9 +8,11 @@
 
 ``data`` is the folder the model was trained on (its dict.txt and feature layout);
 ``generate_args`` are fairseq-generate arguments (``--beam 5``, ``--generator …``).
-``caption_images`` / ``caption_videos`` run the extractor recorded in ``data/extractor.json``
-(``nar-caption-extract`` writes it beside the features it made): the same backbone and
-settings as the training features.  All captions go through the one decode loop
+``caption_images`` / ``caption_videos`` run the extractor recorded in the data folder's
+extractor record (``nar-caption-extract`` writes ``extractor.json`` beside the features it made,
+or ``extractor.<settings>.json`` when the folder held files it did not make): the same backbone
+and settings as the training features.  The record is the one naming the model's
+``--feature-files`` (``extraction.find_record``).  All captions go through the one decode loop
 (``inference.py``) and do not depend on how the inputs are batched or ordered.
 
 - ``captioning`` models (AR baseline, NACF, SAIC; any ``--generator``): features as above;
@@ -55,7 +57,9 @@ class CaptionHub:
         if getattr(task, "retrieved", None) is not None:  # RDT: condition on the top retrieved sentence
             from .cli.retrieve import Ranker, ranker_path
 
-            self.ranker = Ranker.load(ranker_path(task.retrieval_path))
+            # the ranker of this retrieval file, made on this data (data/retrieval.py's fingerprint)
+            self.ranker = Ranker.load(ranker_path(task.retrieval_path), data=task.cfg.data,
+                                      retrieval=getattr(task, "retrieval", None))
             mine = [os.path.basename(f) for f in task.cfg.feature_files.split(",")]
             theirs = [os.path.basename(f) for f in self.ranker.settings["feature_files"].split(",")]
             if mine != theirs or task.cfg.frames_per_video > 0:
@@ -66,11 +70,17 @@ class CaptionHub:
     @classmethod
     def from_pretrained(cls, checkpoint: str, data: str, generate_args: Sequence[str] = ("--beam", "5"),
                         device: str = "cpu", clip_weights: Optional[str] = None):
-        """``data/extractor.json`` of a video folder supplies ``--feature-files appearance.h5,motion.h5``
-        unless ``generate_args`` name the feature files."""
+        """Unless ``generate_args`` name the feature files: the data folder's only extractor record
+        supplies its stores as ``--feature-files`` when they are not the default ``features.h5``
+        (a video folder's ``appearance.h5,motion.h5``, tagged stores written beside a file the
+        extractor did not make); several records, none of them of ``features.h5``, are one
+        DataError listing them."""
         args = ["--path", checkpoint, *generate_args] + (["--cpu"] if device == "cpu" else [])
-        rec = extraction.read_record(data)
-        if rec is not None and "--feature-files" not in args and rec["stores"] != list(extraction.IMAGE_STORES):
+        named = any(a == "--feature-files" or str(a).startswith("--feature-files=") for a in args)
+        records = [] if named else extraction.list_records(data)
+        default = list(extraction.IMAGE_STORES)
+        if records and not any(r["stores"] == default for _, r in records):
+            _, rec = extraction.find_record(data)  # the only one, or a DataError listing them
             args += ["--feature-files", ",".join(rec["stores"])]
         return cls(inference.load(data, args, device=device), data, clip_weights)
 
@@ -143,26 +153,43 @@ class CaptionHub:
         """What the model captions: "image" or "video" (its data folder's extractor record)."""
         return "image" if self.pixels else self.record()["settings"]["media"]
 
+    def _feature_names(self) -> List[str]:
+        return [os.path.basename(f) for f in self.loaded.task.cfg.feature_files.split(",")]
+
+    def _find_record(self):
+        """(path, record) of the data folder's extractor record naming the model's feature files, or None."""
+        return extraction.find_record(self.data, self._feature_names())
+
+    def _record(self):
+        """(path, record) of ``_find_record``, or one DataError saying what the folder holds instead."""
+        found = self._find_record()
+        if found is None:
+            others = extraction.list_records(self.data)
+            if others:
+                raise DataError(f"{self.data}: no extractor record names the model's feature files "
+                                f"({', '.join(self._feature_names())}); the records there: "
+                                f"{extraction.describe_records(others)}; pass the model's --feature-files after --")
+            path = os.path.join(self.data, extraction.RECORD_FILE)
+            what = "not a record written by nar-caption-extract" if os.path.exists(path) else "not found"
+            raise DataError(f"{path}: {what}: the features of this data folder were not made by "
+                            f"nar-caption-extract, so the extractor the model needs is unknown; caption a feature "
+                            f"file made like them (--features)")
+        return found
+
     def record(self) -> dict:
-        """The extractor record of the model's data folder (refused when there is none)."""
-        rec = extraction.read_record(self.data)
-        if rec is None:
-            raise DataError(f"{os.path.join(self.data, extraction.RECORD_FILE)}: not found: the features of "
-                            f"this data folder were not made by nar-caption-extract, so the extractor the "
-                            f"model needs is unknown; caption a feature file made like them (--features)")
-        return rec
+        """The extractor record of the model's data folder naming its feature files (refused when
+        there is none)."""
+        return self._record()[1]
 
     def extractor(self):
         if self._extractor is None:
-            self._extractor = extraction.extractor_from_record(
-                self.record(), os.path.join(self.data, extraction.RECORD_FILE), str(self.loaded.device),
-                self.clip_weights)
+            where, rec = self._record()
+            self._extractor = extraction.extractor_from_record(rec, where, str(self.loaded.device), self.clip_weights)
         return self._extractor
 
     def extract(self, paths: Sequence[str], media: str, batch_size: int = 16) -> List[np.ndarray]:
         """Model inputs of image / video files, made by the data folder's extractor."""
-        rec = self.record()
-        where = os.path.join(self.data, extraction.RECORD_FILE)
+        where, rec = self._record()
         if rec["settings"]["media"] != media:
             raise DataError(f"{where}: the model was trained on {rec['settings']['media']} features; "
                             f"caption {rec['settings']['media']}s, not {media}s")
@@ -215,8 +242,8 @@ class CaptionHub:
         the model's ``--feature-files``), checked against the data folder's extractor record."""
         if self.pixels:
             raise NotImplementedError("a vision_language (NARVL) model reads pixels: use caption_images")
-        expected = extraction.read_record(self.data)
-        where = os.path.join(self.data, extraction.RECORD_FILE)
+        found = self._find_record()
+        where, expected = found if found is not None else (None, None)
         for f in files:
             found = extraction.read_store_settings(f) if os.path.isfile(f) else None
             if expected is not None and found is None:
@@ -224,8 +251,8 @@ class CaptionHub:
                                 f"{expected['settings']['backbone']} ({where}): cannot check that they match")
             if expected is None and found is not None:
                 raise DataError(f"{f}: made by nar-caption-extract ({found['backbone']}), but the model's data "
-                                f"folder {self.data} has no {extraction.RECORD_FILE}: its features were made "
-                                f"otherwise")
+                                f"folder {self.data} has no extractor record of its feature files "
+                                f"({', '.join(self._feature_names())}): its features were made otherwise")
             if expected is not None:
                 extraction.check_same_settings(expected["settings"], found, where, f)
         wanted = [os.path.basename(f) for f in self.loaded.task.cfg.feature_files.split(",")]

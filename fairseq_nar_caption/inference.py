@@ -10,11 +10,13 @@ from dataclasses import dataclass
 import ast
 import os
 import warnings
-from typing import Dict, Iterator, List, Optional, Sequence
+from typing import Callable, Dict, Iterator, List, Optional, Sequence
 
 import torch
 from fairseq import checkpoint_utils, options, tasks, utils
 from fairseq.dataclass.utils import convert_namespace_to_omegaconf
+
+from .errors import OptionError
 
 USER_DIR = os.path.dirname(os.path.abspath(__file__))
 
@@ -29,12 +31,17 @@ class Loaded:
     fp16: bool = False
 
 
+def _option_error(message: str):
+    raise OptionError(f"fairseq-generate arguments: {message}")
+
+
 def parse_generate_args(data: str, args: Sequence[str]):
     """``fairseq-generate DATA --user-dir <this package> --task captioning ARGS`` as a cfg
     (ARGS may name another ``--task`` of this package)."""
     task = [] if "--task" in args else ["--task", "captioning"]
     argv = [data, "--user-dir", USER_DIR] + task + list(args)
     parser = options.get_generation_parser()
+    parser.error = _option_error  # fairseq's usage block and exit 2 → one OptionError naming the option
     with warnings.catch_warnings():  # fairseq's hydra compose API: deprecation chatter only
         warnings.simplefilter("ignore", UserWarning)
         return convert_namespace_to_omegaconf(options.parse_args_and_arch(parser, input_args=argv))
@@ -43,7 +50,7 @@ def parse_generate_args(data: str, args: Sequence[str]):
 def load(data: str, args: Sequence[str], device: str = "cpu", fp16: bool = False) -> Loaded:
     """``fp16`` (CUDA only): models and float inputs in half precision."""
     if fp16 and device == "cpu":
-        raise ValueError("--fp16 needs --device cuda")
+        raise OptionError("--fp16 needs --device cuda")
     cfg = parse_generate_args(data, args)
     utils.import_user_module(cfg.common)
     task = tasks.setup_task(cfg.task)
@@ -96,11 +103,13 @@ def decode_batch(loaded: Loaded, sample: dict) -> List[str]:
     return caption_strings(loaded.task, loaded.generator, loaded.models, sample)
 
 
-def decode_dataset(loaded: Loaded, dataset, batch_size: int = 64,
-                   max_items: Optional[int] = None) -> Dict[str, str]:
-    """item id → caption for a per-item dataset."""
+def decode_dataset(loaded: Loaded, dataset, batch_size: int = 64, max_items: Optional[int] = None,
+                   progress: Optional[Callable[[int], object]] = None) -> Dict[str, str]:
+    """item id → caption for a per-item dataset; ``progress(n)`` after each batch of n items."""
     out = {}
     for sample in batches(dataset, batch_size, max_items):
         for item_id, cap in zip(sample["item_ids"], decode_batch(loaded, to_device(sample, loaded.device, loaded.fp16))):
             out[item_id] = cap
+        if progress is not None:
+            progress(len(sample["item_ids"]))
     return out

@@ -41,7 +41,7 @@ import argparse
 from typing import Dict, List, Optional, Sequence
 
 from fairseq_nar_caption.cli.common import error_exit
-from fairseq_nar_caption.errors import DataError
+from fairseq_nar_caption.errors import DataError, KnownError
 from fairseq_nar_caption.files import load_json
 from fairseq_nar_caption.data.text import normalize_caption
 from fairseq_nar_caption.data.video_corpus import SPLITS, Video, check_features, write_video_corpus
@@ -90,13 +90,15 @@ def read_karpathy(path: str):
 
 
 def prepare(annotations: str, out: str, min_count: int = 5, max_words: int = 20, feature_files: Sequence[str] = (),
-            feature_key_template: str = "{}") -> dict:
+            feature_key_template: str = "{}", overwrite: bool = False) -> dict:
     splits, empty = read_karpathy(annotations)
     for split in SPLITS:
         if not splits[split]:
             raise DataError(f"{annotations}: no {split} images")
     check_features(feature_files, [v.item_id for s in SPLITS for v in splits[s]], feature_key_template, "image")
-    summary = write_video_corpus(out, splits, annotations, min_count, max_words, name="COCO Karpathy")
+    summary = write_video_corpus(out, splits, annotations, min_count, max_words, name="COCO Karpathy",
+                                 command="prepare_coco_karpathy", overwrite=overwrite,
+                                 inputs=[annotations, *feature_files])
     summary["empty_captions_skipped"] = empty
     return summary
 
@@ -127,13 +129,14 @@ def main(argv: Optional[List[str]] = None) -> dict:
                                                   "every image")
     p.add_argument("--feature-key-template", default="{}",
                    help="cocoid -> feature key, as the task's option: '{}', '%%d_features' (M2 / PNAIC)")
+    p.add_argument("--overwrite", action="store_true", help="replace existing files this script did not write")
     a = p.parse_args(argv)
     if a.min_count < 1 or a.max_words < 1:
         p.error("--min-count and --max-words must be >= 1")
     try:
         summary = prepare(a.annotations, a.out, a.min_count, a.max_words, [f for f in a.features.split(",") if f],
-                          a.feature_key_template)
-    except DataError as e:
+                          a.feature_key_template, a.overwrite)
+    except KnownError as e:
         error_exit(e, "prepare_coco_karpathy")
     print(format_summary(a.out, summary))
     return summary

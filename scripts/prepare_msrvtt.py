@@ -52,7 +52,7 @@ import argparse
 from typing import Dict, List, Optional, Sequence
 
 from fairseq_nar_caption.cli.common import error_exit
-from fairseq_nar_caption.errors import DataError
+from fairseq_nar_caption.errors import DataError, KnownError
 from fairseq_nar_caption.files import load_json
 from fairseq_nar_caption.data.text import normalize_caption
 from fairseq_nar_caption.data.video_corpus import SPLITS, Video, format_summary, write_video_corpus
@@ -119,10 +119,10 @@ def read_videodatainfo(paths: Sequence[str]):
 
 
 def prepare(annotations: Sequence[str], out: str, min_count: int = 3, max_words: int = 29,
-            feature_files: Sequence[str] = ()) -> dict:
+            feature_files: Sequence[str] = (), overwrite: bool = False) -> dict:
     splits, empty = read_videodatainfo(annotations)
     summary = write_video_corpus(out, splits, ", ".join(annotations), min_count, max_words, feature_files,
-                                 name="MSR-VTT")
+                                 name="MSR-VTT", command="prepare_msrvtt", overwrite=overwrite, inputs=annotations)
     summary["notes"] = [f"captions empty after normalisation, skipped: {empty}"]
     return summary
 
@@ -135,13 +135,14 @@ def main(argv: Optional[List[str]] = None) -> dict:
     p.add_argument("--min-count", type=int, default=3, help="dictionary keeps training words seen this often")
     p.add_argument("--max-words", type=int, default=29, help="longer training captions are dropped")
     p.add_argument("--features", default="", help="comma-separated HDF5 files that must hold every video id")
+    p.add_argument("--overwrite", action="store_true", help="replace existing files this script did not write")
     a = p.parse_args(argv)
     if a.min_count < 1 or a.max_words < 1:
         p.error("--min-count and --max-words must be >= 1")
     try:
         summary = prepare(a.annotations, a.out, a.min_count, a.max_words,
-                          [f for f in a.features.split(",") if f])
-    except DataError as e:
+                          [f for f in a.features.split(",") if f], a.overwrite)
+    except KnownError as e:
         error_exit(e, "prepare_msrvtt")
     print(format_summary("MSR-VTT", a.out, summary))
     return summary

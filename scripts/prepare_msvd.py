@@ -51,7 +51,7 @@ import re
 from typing import Dict, List, Optional, Sequence
 
 from fairseq_nar_caption.cli.common import error_exit
-from fairseq_nar_caption.errors import DataError
+from fairseq_nar_caption.errors import DataError, KnownError
 from fairseq_nar_caption.data.text import normalize_caption
 
 from fairseq_nar_caption.data.video_corpus import SPLITS, Video, format_summary, write_video_corpus
@@ -157,11 +157,12 @@ def build_splits(descriptions: Dict[str, List[str]], mapping: Dict[str, int], an
 
 def prepare(annotations: str, mapping_path: str, out: str, key_prefix: str = "video", first_index: int = 0,
             min_count: int = 1, max_words: int = 19, feature_files: Sequence[str] = (),
-            encoding: str = "utf-8-sig") -> dict:
+            encoding: str = "utf-8-sig", overwrite: bool = False) -> dict:
     splits, unmapped, empty = build_splits(read_descriptions(annotations, encoding),
                                            read_mapping(mapping_path, encoding),
                                            annotations, mapping_path, key_prefix, first_index)
-    summary = write_video_corpus(out, splits, annotations, min_count, max_words, feature_files, name="MSVD")
+    summary = write_video_corpus(out, splits, annotations, min_count, max_words, feature_files, name="MSVD",
+                                 command="prepare_msvd", overwrite=overwrite, inputs=[annotations, mapping_path])
     examples = ", ".join(list(unmapped)[:5]) + (", ..." if len(unmapped) > 5 else "")
     summary["notes"] = [
         f"annotation clips not in {os.path.basename(mapping_path)}, skipped: {len(unmapped)} clips, "
@@ -183,6 +184,7 @@ def main(argv: Optional[List[str]] = None) -> dict:
     p.add_argument("--max-words", type=int, default=19, help="longer training captions are dropped")
     p.add_argument("--features", default="", help="comma-separated HDF5 files that must hold every video id")
     p.add_argument("--encoding", default="utf-8-sig", help="text encoding of the annotation and mapping files")
+    p.add_argument("--overwrite", action="store_true", help="replace existing files this script did not write")
     a = p.parse_args(argv)
     if a.min_count < 1 or a.max_words < 1:
         p.error("--min-count and --max-words must be >= 1")
@@ -190,8 +192,8 @@ def main(argv: Optional[List[str]] = None) -> dict:
         p.error("--first-index must be >= 0 and --key-prefix free of whitespace")
     try:
         summary = prepare(a.annotations, a.mapping, a.out, a.key_prefix, a.first_index, a.min_count,
-                          a.max_words, [f for f in a.features.split(",") if f], a.encoding)
-    except DataError as e:
+                          a.max_words, [f for f in a.features.split(",") if f], a.encoding, a.overwrite)
+    except KnownError as e:
         error_exit(e, "prepare_msvd")
     print(format_summary("MSVD", a.out, summary))
     return summary

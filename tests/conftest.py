@@ -105,6 +105,9 @@ def digests(*roots):
         root = str(root)
         paths = [root] if os.path.isfile(root) else [os.path.join(d, f) for d, _, fs in os.walk(root) for f in fs]
         for p in paths:
+            if os.path.islink(p):  # a link (maybe dangling or looping): its target, never followed
+                out[p] = "link -> " + os.readlink(p)
+                continue
             with open(p, "rb") as f:
                 out[p] = hashlib.sha256(f.read()).hexdigest()
     return out

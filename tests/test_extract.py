@@ -13,7 +13,7 @@ import h5py
 import numpy as np
 import pytest
 
-from conftest import BIN, USER_DIR, run_cli, write_tsv
+from conftest import BIN, USER_DIR, digests, run_cli, write_tsv
 from fairseq_nar_caption.cli import caption as caption_cli
 from fairseq_nar_caption.cli import extract as extract_cli
 from fairseq_nar_caption.data import extraction
@@ -149,13 +149,19 @@ def test_features_of_another_extractor_are_refused(photo_model, tmp_path):
     msg = str(e.value)
     assert "f64/features.h5" in msg and "another extractor" in msg and "image_size: 64 vs 96" in msg
     assert "\n" not in msg and not (tmp_path / "x.json").exists()
-    # the same folder cannot be extended with other settings either
-    with pytest.raises(SystemExit, match="image_size"):
-        extract_cli.cli_main([str(root / "photos"), "--out", str(tmp_path / "f64"), "--image-size", "96",
-                              "--no-progress"])
+    # the same folder extended with other settings: the 64 px outputs are left as they are, the
+    # 96 px ones go beside them under tagged names with their own record
+    before = digests(*(tmp_path / "f64" / n for n in ("features.h5", "extractor.json", "items.tsv")))
+    extract_cli.cli_main([str(root / "photos"), "--out", str(tmp_path / "f64"), "--image-size", "96",
+                          "--no-progress"])
+    assert digests(*before) == before
+    rec = json.loads((tmp_path / "f64" / "extractor.efficientnet-lite0-96.json").read_text())
+    assert rec["settings"]["image_size"] == 96 and rec["stores"] == ["features.efficientnet-lite0-96.h5"]
+    with h5py.File(tmp_path / "f64" / "features.efficientnet-lite0-96.h5", "r") as f:
+        assert json.loads(f.attrs["extractor_settings"])["image_size"] == 96
 
 
-def test_resume_after_interruption_gives_the_same_store(photo_model, tmp_path, monkeypatch):
+def test_resume_after_interruption_gives_the_same_store(photo_model, tmp_path, monkeypatch, capsys):
     root, _, _ = photo_model
     src = [str(root / "crops")]
     extract_cli.cli_main([*src, "--out", str(tmp_path / "whole"), *SIZE, "--batch-size", "5", "--no-progress"])
@@ -169,10 +175,14 @@ def test_resume_after_interruption_gives_the_same_store(photo_model, tmp_path, m
         return real(*a, **k)
 
     monkeypatch.setattr(extraction, "item_features", interrupted)
-    with pytest.raises(SystemExit, match="interrupted; run the same command again"):
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
         extract_cli.cli_main([*src, "--out", str(tmp_path / "resumed"), *SIZE, "--batch-size", "5", "--no-progress"])
     monkeypatch.setattr(extraction, "item_features", real)
     partial = tmp_path / "resumed" / "features.h5.partial"
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert e.value.code == 130 and line == (f"nar-caption-extract: interrupted (Ctrl-C); 10 finished item(s) are "
+                                            f"kept in {partial}: run the same command again to continue")
     assert not (tmp_path / "resumed" / "features.h5").exists() and partial.exists()
     with h5py.File(partial, "a") as f:
         assert len(f) == 10  # two batches of 5 done

@@ -432,6 +432,13 @@ def test_guided_scst_refuses_to_train_without_a_validation_decode_score():
 
 # ----------------------------------------------------------------------------- retrieval
 
+def hand_made_retrieval(data, items):
+    """A retrieval file's JSON for ``items``, bound to ``data`` (its train and test manifests) as
+    nar-caption-retrieve binds the files it writes."""
+    from fairseq_nar_caption.data.retrieval import data_fingerprint, retrieval_document
+
+    return retrieval_document(items, data_fingerprint(str(data), ["train", "test"]))
+
 def test_retrieval_excludes_own_captions_and_writes_top_k(tiny_data):
     items = retrieve.retrieve(str(tiny_data), ["train", "test"], k=2)
     own = {"1": {"a red circle", "a red ball"}, "2": {"a blue square"}, "3": {"a blue circle"}}
@@ -445,9 +452,9 @@ def test_retrieval_excludes_own_captions_and_writes_top_k(tiny_data):
 
 def test_retrieval_dataset_top1_at_test_and_topk_sampling_in_training(tiny_data):
     from fairseq_nar_caption.tasks.rdt_captioning import RDTCaptioningConfig, RDTCaptioningTask
-    (tiny_data / "r.json").write_text(json.dumps({"k": 3, "items": {
+    (tiny_data / "r.json").write_text(json.dumps(hand_made_retrieval(tiny_data, {
         "1": ["a blue square", "a blue circle", "a red ball"], "2": ["a red circle", "a blue circle", "a red ball"],
-        "3": ["a red ball", "a blue square", "a red circle"]}}))
+        "3": ["a red ball", "a blue square", "a red circle"]})))
     task = RDTCaptioningTask.setup_task(RDTCaptioningConfig(data=str(tiny_data), retrieval_file="r.json",
                                                             retrieval_topk=2, seed=1))
     d = task.target_dictionary
@@ -470,8 +477,8 @@ def test_retrieval_dataset_top1_at_test_and_topk_sampling_in_training(tiny_data)
 
 def test_retrieval_condition_random_and_none_for_the_reliance_diagnostic(tiny_data):
     from fairseq_nar_caption.tasks.rdt_captioning import RDTCaptioningConfig, RDTCaptioningTask
-    (tiny_data / "r.json").write_text(json.dumps({"k": 1, "items": {
-        "1": ["a blue square"], "2": ["a red circle"], "3": ["a red ball"]}}))
+    (tiny_data / "r.json").write_text(json.dumps(hand_made_retrieval(tiny_data, {
+        "1": ["a blue square"], "2": ["a red circle"], "3": ["a red ball"]})))
     pool = {"a blue square", "a red circle", "a red ball"}  # every sentence of the file
     got = {}
     for cond in ("retrieved", "random", "none"):
@@ -503,7 +510,8 @@ def test_retrieval_condition_random_and_none_for_the_reliance_diagnostic(tiny_da
 
 def test_missing_retrieval_item_is_one_clear_error(tiny_data):
     from fairseq_nar_caption.tasks.rdt_captioning import RDTCaptioningConfig, RDTCaptioningTask
-    (tiny_data / "r.json").write_text(json.dumps({"items": {"1": ["a red ball"], "2": ["a red ball"]}}))
+    (tiny_data / "r.json").write_text(json.dumps(hand_made_retrieval(tiny_data, {"1": ["a red ball"],
+                                                                                  "2": ["a red ball"]})))
     task = RDTCaptioningTask.setup_task(RDTCaptioningConfig(data=str(tiny_data), retrieval_file="r.json"))
     with pytest.raises(DataError, match=r"r\.json.*1 item\(s\).*'3'"):
         task.load_dataset("test")

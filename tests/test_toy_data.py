@@ -19,6 +19,7 @@ from fairseq_nar_caption.data.toy import ToyConfig, generate
 from fairseq_nar_caption.data.toy import features as toy_features
 from fairseq_nar_caption.data.toy.captions import SHAPE_NOUNS
 from fairseq_nar_caption.data.toy.render import COLOURS
+from fairseq_nar_caption.errors import OutputError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL = ToyConfig(seed=1, n_images=(40, 10, 10), n_videos=(20, 5, 5), feature_dim=128)
@@ -152,7 +153,7 @@ def test_skips_when_up_to_date(toy, tmp_path, capsys):
 
 def test_refuses_foreign_folder(tmp_path):
     (tmp_path / "mine.txt").write_text("keep me")
-    with pytest.raises(FileExistsError, match="--force"):
+    with pytest.raises(OutputError, match="--force"):
         generate(str(tmp_path), SMALL, log=quiet)
     assert (tmp_path / "mine.txt").exists()
 

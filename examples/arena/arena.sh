@@ -78,7 +78,7 @@ OMP_NUM_THREADS=${AR_THREADS:-2} train ar --arch ar_caption $SIZE --criterion la
 KD=${KD:-train_distill_$(basename "$RUN")}
 if [ ! "$DATA/$KD.tsv" -nt "$AR" ]; then
   step "distill the training split with the AR model (beam 5) -> $DATA/$KD.tsv"
-  OMP_NUM_THREADS=${AR_THREADS:-2} nar-caption-distill "$DATA" --path "$AR" --out-split "$KD" -- $FEATS --max-len-b 28 > "$LOGS/distill.log" 2>&1 \
+  OMP_NUM_THREADS=${AR_THREADS:-2} nar-caption-distill "$DATA" --path "$AR" --out-split "$KD" --overwrite -- $FEATS --max-len-b 28 > "$LOGS/distill.log" 2>&1 \
     || { tail -n 15 "$LOGS/distill.log" >&2; exit 1; }
 fi
 

@@ -46,7 +46,7 @@ for t in caption vqa; do
   case " $TASKS " in *" $t "*) ;; *) continue ;; esac
   if [ ! "$DATA/${t}_train_distill.tsv" -nt "$RUN/ar_$t/checkpoint_best.pt" ]; then
     echo "== distill $t"
-    python -m fairseq_nar_caption.cli.distill_vl "$DATA" --path "$RUN/ar_$t/checkpoint_best.pt" --vl-task "$t" \
+    python -m fairseq_nar_caption.cli.distill_vl "$DATA" --path "$RUN/ar_$t/checkpoint_best.pt" --vl-task "$t" --overwrite \
       -- $VL --max-len-b "${MAXLEN[$t]}" 2> "$RUN/distill_$t.log"
   fi
   # caption: the distilled split has one row per image (raw: five): 5x the epochs = the same updates

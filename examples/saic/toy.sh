@@ -32,7 +32,7 @@ train ar --arch ar_caption_tiny --criterion label_smoothed_cross_entropy --label
 #    28 words: SAIC's group layout needs k·⌈N/k⌉ + 1 <= 32 (--max-target-positions) decoder positions
 if [ ! "$DATA/train_distill.tsv" -nt "$AR" ]; then
   echo "== distill"
-  nar-caption-distill "$DATA" --path "$AR" --out-split train_distill -- --max-len-b 28 2> /dev/null
+  nar-caption-distill "$DATA" --path "$AR" --out-split train_distill --overwrite -- --max-len-b 28 2> /dev/null
 fi
 
 # 3. SAIC fine-tuned from the AR weights; lr x0.9 every 5 epochs (the paper's schedule, toy lr);

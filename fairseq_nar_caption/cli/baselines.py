@@ -2,16 +2,17 @@
 
     nar-caption-baselines DATA [--feature-files features.h5] [--split test] [--json-out F]
 """
-import argparse
 import json
 import os
 
 from ..data.feature_store import MultiModalFeatures, open_feature_store
 from ..data.manifest import eval_item_ids, item_references, read_manifest
 from ..evaluation.baselines import most_frequent_caption, nearest_neighbour_captions
-from ..evaluation.coco_metrics import coco_scores
-from ..files import atomic_write_text
-from .common import add_feature_args, run_main
+from ..evaluation.coco_metrics import METRICS, coco_scores
+from ..files import atomic_write_text, check_output
+from .common import add_feature_args, add_overwrite_arg, parser, run_main, split_name
+
+COMMAND = "nar-caption-baselines"
 
 
 def run(data, feature_files="features.h5", key_template="{}", split="test", train_split="train",
@@ -31,15 +32,20 @@ def run(data, feature_files="features.h5", key_template="{}", split="test", trai
 
 def main(argv=None):
     """The command's work; returns its result for callers in Python."""
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = parser(__doc__, COMMAND)
     p.add_argument("data")
     add_feature_args(p)
-    p.add_argument("--split", default="test")
-    p.add_argument("--train-split", default="train")
-    p.add_argument("--metrics", nargs="+", default=["Bleu", "METEOR", "ROUGE_L", "CIDEr-D"],
+    p.add_argument("--split", default="test", type=split_name)
+    p.add_argument("--train-split", default="train", type=split_name)
+    p.add_argument("--metrics", nargs="+", default=["Bleu", "METEOR", "ROUGE_L", "CIDEr-D"], choices=METRICS,
                    help="COCO metrics (leave out METEOR to skip its ~15 s JVM start); missing columns print '-'")
     p.add_argument("--json-out")
+    add_overwrite_arg(p)
     a = p.parse_args(argv)
+    if a.json_out:
+        check_output(a.json_out, COMMAND, overwrite=a.overwrite,
+                     inputs=[os.path.join(a.data, f"{s}.tsv") for s in (a.split, a.train_split)]
+                     + [f if os.path.isabs(f) else os.path.join(a.data, f) for f in a.feature_files.split(",")])
     res = run(a.data, a.feature_files, a.feature_key_template, a.split, a.train_split, a.metrics,
               max_abs=a.feature_max_abs)
     print("| baseline | BLEU-4 | METEOR | ROUGE-L | CIDEr-D |\n|---|---|---|---|---|")
@@ -47,13 +53,13 @@ def main(argv=None):
         cells = [f"{100 * s[k]:.1f}" if k in s else "-" for k in ("Bleu_4", "METEOR", "ROUGE_L", "CIDEr-D")]
         print(f"| {name} | " + " | ".join(cells) + " |")
     if a.json_out:
-        atomic_write_text(a.json_out, json.dumps(res, indent=2) + "\n")
+        atomic_write_text(a.json_out, json.dumps(res, indent=2) + "\n", made_by=COMMAND)
     return res
 
 
 def cli_main(argv=None) -> None:
     """Console entry: returns None (exit 0); a known error is one line and exit 1 (``common.run_main``)."""
-    run_main(main, argv)
+    run_main(main, argv, COMMAND)
 
 
 if __name__ == "__main__":

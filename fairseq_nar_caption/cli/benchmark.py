@@ -35,11 +35,15 @@ import torch
 
 from .. import inference
 from ..evaluation.chart import chart_points, draw_pareto
-from ..evaluation.coco_metrics import coco_scores
+from ..evaluation.coco_metrics import METRICS, coco_scores
 from ..evaluation.diversity import repeat_rate, unk_rate
 from ..evaluation.latency import interleaved_latency, interleaved_throughput, markdown_table, summarize
 from ..errors import GeneratorError
-from .common import run_main
+from ..files import atomic_path, atomic_write_text, check_output
+from .common import (add_device_arg, add_overwrite_arg, int_list, name_list, nonneg_int, parser, positive_int,
+                     run_main, split_name)
+
+COMMAND = "nar-caption-benchmark"
 
 FIXED_POSITION_GENERATORS = ("ctc", "diffusion")
 
@@ -201,33 +205,47 @@ def task_metric_table(rows) -> str:
 
 def main(argv=None):
     """The command's work; returns (rows, sweep) for callers in Python."""
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = parser(__doc__, COMMAND)
     p.add_argument("data")
-    p.add_argument("--subset", default="test")
+    p.add_argument("--subset", default="test", type=split_name)
     p.add_argument("--row", action="append", type=parse_row, required=True, help="NAME=fairseq-generate args")
     p.add_argument("--baseline", help="row NAME the speed-ups are relative to (default: the first row)")
-    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    add_device_arg(p)
     p.add_argument("--fp16", action="store_true", help="half precision (with --device cuda)")
-    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU latency: pin it, e.g. 1)")
-    p.add_argument("--warmup", type=int, default=5, help="first items of the first pass decoded but not timed")
-    p.add_argument("--passes", type=int, default=1, help="timed passes over the items (rows interleaved)")
-    p.add_argument("--max-items", type=int, default=None, help="only the first N items of the split")
-    p.add_argument("--throughput-batch", type=int, default=64, help="0 = skip throughput")
-    p.add_argument("--length-sweep", default="", help="comma-separated forced caption lengths in tokens, e.g. 8,16,32")
-    p.add_argument("--sweep-items", type=int, default=30, help="items per forced length")
-    p.add_argument("--metrics", default="Bleu,METEOR,CIDEr-D", help="scorer metric groups")
+    p.add_argument("--threads", type=positive_int, default=None,
+                   help="torch.set_num_threads (CPU latency: pin it, e.g. 1)")
+    p.add_argument("--warmup", type=nonneg_int, default=5, help="first items of the first pass decoded but not timed")
+    p.add_argument("--passes", type=positive_int, default=1, help="timed passes over the items (rows interleaved)")
+    p.add_argument("--max-items", type=positive_int, default=None, help="only the first N items of the split")
+    p.add_argument("--throughput-batch", type=nonneg_int, default=64, help="0 = skip throughput")
+    p.add_argument("--length-sweep", type=int_list(low=2), default=[],
+                   help="comma-separated forced caption lengths in tokens (>= 2: a word and </s>), e.g. 8,16,32")
+    p.add_argument("--sweep-items", type=positive_int, default=30, help="items per forced length")
+    p.add_argument("--metrics", type=name_list, default=["Bleu", "METEOR", "CIDEr-D"],
+                   help=f"comma-separated scorer metric groups ({', '.join(METRICS)})")
     p.add_argument("--title", default="", help="chart title")
     p.add_argument("--out-json")
     p.add_argument("--out-md")
     p.add_argument("--out-png")
+    add_overwrite_arg(p)
     a = p.parse_args(argv)
     if a.baseline and a.baseline not in [n for n, _ in a.row]:
         p.error(f"--baseline {a.baseline!r} is not a row name")
+    unknown = [m for m in a.metrics if m not in METRICS]
+    if unknown:
+        p.error(f"argument --metrics: unknown metric group(s) {', '.join(unknown)} (choose from {', '.join(METRICS)})")
+    if a.fp16 and a.device != "cuda":
+        p.error("argument --fp16: half precision needs --device cuda")
+    outputs = [o for o in (a.out_json, a.out_md, a.out_png) if o]
+    if len(set(map(os.path.abspath, outputs))) != len(outputs):
+        p.error("--out-json, --out-md and --out-png must be three different files")
+    checkpoints = [x for _, args in a.row for k, x in enumerate(args) if k and args[k - 1] == "--path"]
+    for out in outputs:
+        check_output(out, COMMAND, inputs=checkpoints, overwrite=a.overwrite)
     if a.threads:
         torch.set_num_threads(a.threads)
-    lengths = [int(x) for x in a.length_sweep.split(",") if x.strip()]
     rows, sweep = benchmark(a.data, a.subset, a.row, a.device, a.warmup, a.max_items, a.throughput_batch,
-                            a.metrics.split(","), a.passes, a.baseline, lengths, a.sweep_items, a.fp16,
+                            a.metrics, a.passes, a.baseline, a.length_sweep, a.sweep_items, a.fp16,
                             log=lambda m: print(m, file=sys.stderr, flush=True))
     today = datetime.date.today().isoformat()
     env = {"device": a.device, "fp16": a.fp16, "threads": torch.get_num_threads(), "torch": torch.__version__,
@@ -247,21 +265,21 @@ def main(argv=None):
     if a.out_png:
         if points is None:
             raise GeneratorError("--out-png charts CIDEr-D: these rows have no caption scores")
-        draw_pareto(points, a.out_png, caption=f"{env['machine']} · {a.device} · threads {env['threads']} · {today}",
-                    title=a.title)
+        with atomic_path(a.out_png, made_by=COMMAND) as tmp:
+            draw_pareto(points, tmp, caption=f"{env['machine']} · {a.device} · threads {env['threads']} · {today}",
+                        title=a.title)
     if a.out_json:
-        os.makedirs(os.path.dirname(os.path.abspath(a.out_json)), exist_ok=True)
-        with open(a.out_json, "w") as f:
-            json.dump({"environment": env, "rows": rows, "length_sweep": sweep, "chart": points}, f, indent=2)
+        atomic_write_text(a.out_json, json.dumps({"environment": env, "rows": rows, "length_sweep": sweep,
+                                                  "chart": points}, indent=2), made_by=COMMAND)
     if a.out_md:
-        with open(a.out_md, "w") as f:
-            f.write(header + "\n\n" + table + "\n" + ("\n" + sweep_table(sweep) + "\n" if sweep else ""))
+        atomic_write_text(a.out_md, header + "\n\n" + table + "\n" + ("\n" + sweep_table(sweep) + "\n" if sweep else ""),
+                          made_by=COMMAND)
     return rows, sweep
 
 
 def cli_main(argv=None) -> None:
     """Console entry: exit 0; a known error is one line and exit 1 (``common.run_main``)."""
-    run_main(main, argv, "nar-caption-benchmark")
+    run_main(main, argv, COMMAND)
 
 
 if __name__ == "__main__":

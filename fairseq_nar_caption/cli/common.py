@@ -98,7 +98,8 @@ def run_main(main: Callable, argv: Optional[Sequence[str]] = None, prog: Optiona
         main(argv)
     except KeyboardInterrupt as e:
         status = interrupt_status(e)
-        sys.stderr.write(f"{prog or prog_name()}: {INTERRUPTED[status]}; nothing was left half-written\n")
+        fresh_line = "\n" if sys.stderr.isatty() else ""  # a progress bar may hold the terminal's line
+        sys.stderr.write(f"{fresh_line}{prog or prog_name()}: {INTERRUPTED[status]}; nothing was left half-written\n")
         raise SystemExit(status) from None
     except Exception as e:
         if isinstance(e, KnownError) and not want_traceback():
@@ -141,7 +142,8 @@ def _drop_partial_results() -> str:
 def excepthook(exc_type, exc, tb) -> None:
     if exc is not None and isinstance(exc, KeyboardInterrupt):
         status = interrupt_status(exc)
-        sys.stderr.write(f"{prog_name()}: {INTERRUPTED[status]}{_drop_partial_results()}\n")
+        fresh_line = "\n" if sys.stderr.isatty() else ""
+        sys.stderr.write(f"{fresh_line}{prog_name()}: {INTERRUPTED[status]}{_drop_partial_results()}\n")
         sys.stderr.flush()
         sys.stdout.flush()
         os._exit(status)
@@ -223,6 +225,11 @@ def _number(kind, low=None, high=None, low_open=False):
     return check
 
 
+def int_at_least(low: int):
+    """An integer option >= ``low``."""
+    return _number(int, low)
+
+
 positive_int = _number(int, 1)
 nonneg_int = _number(int, 0)
 positive_float = _number(float, 0, low_open=True)
@@ -254,9 +261,10 @@ def name_list(text: str) -> List[str]:
 
 
 def split_name(text: str) -> str:
-    """A split name: the file stem of ``<data>/<split>.tsv``."""
-    if not text or text != text.strip() or any(c in text for c in "/\\\t\n") or text in (".", ".."):
-        raise argparse.ArgumentTypeError(f"a split is a file stem such as train_distill, got {text!r}")
+    """A split name: ``<data>/<split>.tsv`` names its manifest (an absolute path works too, as for the task)."""
+    if not text or text != text.strip() or any(c in text for c in "\t\n") or text.endswith(("/", ".tsv")):
+        raise argparse.ArgumentTypeError(f"a split is the name of <data>/<split>.tsv without .tsv, such as "
+                                         f"train_distill, got {text!r}")
     return text
 
 
@@ -270,6 +278,16 @@ def device(text: str) -> str:
             raise argparse.ArgumentTypeError(f"no CUDA device is available here (torch {torch.__version__}); "
                                              f"use --device cpu")
     return text
+
+
+# --------------------------------------------------------------------------- progress
+def progress_bar(total: int, desc: str, unit: str = "item", enabled: Optional[bool] = None):
+    """A tqdm bar on stderr; ``enabled=None``: shown only when stderr is a terminal (quiet in logs
+    and CI); use as a context manager, ``bar.update(n)``."""
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, dynamic_ncols=True,
+                disable=None if enabled is None else not enabled)
 
 
 # --------------------------------------------------------------------------- shared flags

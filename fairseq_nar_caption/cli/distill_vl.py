@@ -13,21 +13,32 @@ fairseq-generate arguments, ``--task vision_language``), and writes
 - vqa: one row per question, answers ``1.0|!+<teacher answer>``.
 
 Train NARVL on it with ``--train-subset train_distill``.  An empty teacher output
-stops with the item named; nothing is written half.
+stops with the item named; nothing is written half.  Before any decoding, the output may not be
+the decoded split's TSV, and an existing output this command did not write is refused unless
+``--overwrite``.
 """
-import argparse
 import os
 
 from .. import inference
-from ..errors import DataError
-from ..files import atomic_write_text
-from .common import add_device_arg, run_main
+from ..errors import DataError, OptionError, OutputError
+from ..files import atomic_write_text, check_output
+from .common import add_device_arg, add_overwrite_arg, parser, positive_int, progress_bar, run_main, split_name
+
+COMMAND = "nar-caption-distill-vl"
 
 
 def distill_vl(data, path, vl_task, split="train", out_split="train_distill", batch_size=64, generate_args=(),
-               device="cpu"):
+               device="cpu", overwrite=False, progress=False):
+    """Decode ``<vl_task>_<split>.tsv`` with the teacher, write ``<vl_task>_<out_split>.tsv``;
+    ``progress``: a bar on stderr (None: only on a terminal)."""
     if vl_task not in ("caption", "vqa"):
-        raise ValueError(f"distillation is for caption and vqa (the paper's KD tasks), got {vl_task!r}")
+        raise OptionError(f"distillation is for caption and vqa (the paper's KD tasks), got {vl_task!r}")
+    if batch_size < 1:
+        raise OptionError(f"--batch-size must be >= 1, got {batch_size}")
+    out = os.path.join(data, f"{vl_task}_{out_split}.tsv")
+    if out_split == split:
+        raise OutputError(f"{out}: --out-split {out_split} is the split being decoded; its rows are the input")
+    check_output(out, COMMAND, inputs=[os.path.join(data, f"{vl_task}_{split}.tsv"), path], overwrite=overwrite)
     args = ["--task", "vision_language", "--vl-task", vl_task, "--path", path, "--beam", "5",
             "--max-len-b", "30", "--batch-size", str(batch_size)]
     args += list(generate_args) + (["--cpu"] if device == "cpu" else [])
@@ -39,7 +50,8 @@ def distill_vl(data, path, vl_task, split="train", out_split="train_distill", ba
         for i, r in enumerate(ds.rows):
             first.setdefault(r.image_id, i)
         ds = ds.select(list(first.values()))
-    outputs = inference.decode_dataset(loaded, ds, batch_size)
+    with progress_bar(len(ds), f"distill {vl_task} {split}", "item", enabled=progress) as bar:
+        outputs = inference.decode_dataset(loaded, ds, batch_size, progress=bar.update)
     empty = [k for k, v in outputs.items() if not v.strip()]
     if empty:
         raise DataError(f"{path}: the teacher produced empty outputs for {len(empty)} item(s) of {split} "
@@ -53,29 +65,31 @@ def distill_vl(data, path, vl_task, split="train", out_split="train_distill", ba
         else:
             c[3] = f"1.0|!+{text}"
         lines.append("\t".join(c) + "\n")
-    out = os.path.join(data, f"{vl_task}_{out_split}.tsv")
-    atomic_write_text(out, "".join(lines))
+    atomic_write_text(out, "".join(lines), made_by=COMMAND)
     return out, outputs
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = parser(__doc__, COMMAND)
     p.add_argument("data")
     p.add_argument("--path", required=True, help="AR teacher checkpoint (narvl_ar)")
     p.add_argument("--vl-task", required=True, choices=["caption", "vqa"])
-    p.add_argument("--split", default="train")
-    p.add_argument("--out-split", default="train_distill")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--split", default="train", type=split_name)
+    p.add_argument("--out-split", default="train_distill", type=split_name)
+    p.add_argument("--batch-size", type=positive_int, default=64)
     add_device_arg(p)
+    add_overwrite_arg(p)
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (it shows only on a terminal)")
     a, extra = p.parse_known_args(argv)
     out, outs = distill_vl(a.data, a.path, a.vl_task, a.split, a.out_split, a.batch_size,
-                           [x for x in extra if x != "--"], a.device)
+                           [x for x in extra if x != "--"], a.device, a.overwrite,
+                           progress=False if a.no_progress else None)
     print(f"wrote {out}: {len(outs)} distilled targets")
 
 
 def cli_main(argv=None) -> None:
     """Console entry: exit 0; a known error is one line and exit 1 (``common.run_main``)."""
-    run_main(main, argv)
+    run_main(main, argv, COMMAND)
 
 
 if __name__ == "__main__":

@@ -12,22 +12,24 @@ already holds the output of the same arguments (unless --force).  Layout:
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from typing import List, Optional
 
 from ..data.toy import ToyConfig, generate
-from .common import error_exit, run_main
+from ..files import WRITE_ERRNOS, check_writable_folder, write_failure
+from .common import error_exit, nonneg_int, parser, positive_int, run_main
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="nar-caption-toy-data", description=__doc__.split("\n")[0])
+    p = parser(__doc__.split("\n")[0], "nar-caption-toy-data")
     p.add_argument("--out", default="data/toy", help="output folder (default: data/toy)")
-    p.add_argument("--seed", type=int, default=1, help="generation seed (default: 1)")
+    p.add_argument("--seed", type=nonneg_int, default=1, help="generation seed (default: 1)")
     for modality, sizes in (("images", ToyConfig.n_images), ("videos", ToyConfig.n_videos)):
         for split, n in zip(("train", "val", "test"), sizes):
-            p.add_argument(f"--n-{modality}-{split}", type=int, default=n, metavar="N",
+            p.add_argument(f"--n-{modality}-{split}", type=positive_int, default=n, metavar="N",
                            help=f"number of {split} {modality} (default: {n})")
-    p.add_argument("--feature-dim", type=int, default=ToyConfig.feature_dim,
+    p.add_argument("--feature-dim", type=positive_int, default=ToyConfig.feature_dim,
                    help=f"feature dimension D (even, >= 96; default: {ToyConfig.feature_dim})")
     p.add_argument("--force", action="store_true", help="regenerate even if the output is up to date")
     return p
@@ -43,16 +45,25 @@ def main(argv: Optional[List[str]] = None) -> None:
     )
     start = time.time()
     try:
-        written = generate(args.out, cfg, force=args.force, log=lambda msg: print(f"[make_toy_data] {msg}", flush=True))
-    except (ValueError, FileExistsError) as e:  # the toy generator's own refusals (bad sizes, a foreign folder)
+        cfg.validate()
+    except ValueError as e:  # sizes or a feature dim the generator cannot use
         error_exit(e)
+    parent = os.path.dirname(os.path.abspath(args.out))
+    if os.path.isdir(parent):
+        check_writable_folder(parent, args.out)
+    try:
+        written = generate(args.out, cfg, force=args.force, log=lambda msg: print(f"[make_toy_data] {msg}", flush=True))
+    except OSError as e:  # a full disk or a read-only place, found while writing: nothing is left behind
+        if e.errno in WRITE_ERRNOS:
+            raise write_failure(args.out, e) from None
+        raise
     if written:
         print(f"[make_toy_data] done in {time.time() - start:.1f}s", flush=True)
 
 
 def cli_main(argv: Optional[List[str]] = None) -> None:
     """Console entry: exit 0; a known error is one line and exit 1 (``common.run_main``)."""
-    run_main(main, argv)
+    run_main(main, argv, "nar-caption-toy-data")
 
 
 if __name__ == "__main__":

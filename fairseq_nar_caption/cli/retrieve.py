@@ -1,8 +1,9 @@
 """Image-to-text retrieval over the training captions: the retrieved-sentence file of RDT.
 
-    nar-caption-retrieve DATA [--splits train,val,test] [--k 20]
-        [--feature-files features.h5] [--feature-key-template '{}'] [--ridge 1.0]
-        [--backend sparse|faiss] [--block-mb 256] [--out DATA/retrieval.json]
+    nar-caption-retrieve DATA [--splits train,val,test] [--train-split train] [--k 20]
+        [--feature-files features.h5] [--feature-key-template '{}'] [--feature-max-abs 1e4]
+        [--ridge 1.0] [--pooling mean|flat] [--backend sparse|faiss] [--block-mb 256]
+        [--out DATA/retrieval.json] [--overwrite] [--no-progress]
 
 The paper ranks the training sentences by CLIP image-text cosine similarity (FAISS
 IndexFlatIP, top 20).  No CLIP weights can be fetched here, so the embedding is one we
@@ -33,26 +34,46 @@ pooled features (n_items x D), W (D x V), the sparse caption matrix and the resu
 No leakage: for an item of the training split, every pool sentence that is one of its
 own captions is excluded (also when another image has the identical caption).  The
 ridge map itself is fit on the training items' captions (as CLIP was fit on other data,
-this is the one place the toy setting sees its own training captions).  Output (JSON,
-written whole or not at all): ``{"embedding": ..., "k": K, "settings": {...}, "items": {item_id: [K
-sentences, best first]}}`` for every item of the given splits; beside it ``retrieval.ranker.npz``
-(mean, std, W, the sentences: ``Ranker``), with which ``hub.py`` retrieves for new images.
+this is the one place the toy setting sees its own training captions).
+
+Output: ``{"embedding": ..., "k": K, "settings": {...}, "fingerprint": {...}, "items": {item_id: [K
+sentences, best first]}}`` for every item of the given splits, and beside it
+``retrieval.ranker.npz`` (mean, std, W, the sentences, the settings and the fingerprint:
+``Ranker``), with which ``hub.py`` retrieves for new images.  The fingerprint binds both files to
+the data they were made on (``data/retrieval.py``: the manifests' sha256, what identifies each
+feature store); the task and the hub refuse them on other data.
+
+Safety: the options are checked while parsing (``--k`` >= 1, ``--ridge`` >= 0, ``--block-mb`` > 0,
+``--splits`` / ``--train-split`` names of manifests that exist); both outputs are checked before
+any work (``files.check_output``: neither is one of the manifests or feature files read; an
+existing file is replaced only if this command made it, or with ``--overwrite``); both are
+written at the end, each through a temporary file of its own renamed when whole, the ranker
+only together with the retrieval file.  A full disk, Ctrl-C or SIGTERM leaves nothing under
+either name (exit 1 / 130 / 143, one line).  Progress bars (pooling, search blocks) go to
+stderr when it is a terminal; ``--no-progress`` turns them off.
 """
 import argparse
+import io
 import json
+import math
 import os
+import zipfile
 from collections import Counter
 from types import SimpleNamespace
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 
-from ..data.feature_store import MultiModalFeatures, open_feature_store
+from ..data.feature_store import DEFAULT_MAX_ABS, MultiModalFeatures, open_feature_store
 from ..data.manifest import eval_item_ids, read_manifest
-from ..errors import DataError
-from ..files import atomic_write_text
+from ..data.retrieval import check_fingerprint, data_fingerprint, retrieval_document
+from ..errors import DataError, OptionError
+from ..files import atomic_path, atomic_write_text, check_output
+from . import common
 from .common import run_main
+
+COMMAND = "nar-caption-retrieve"
 
 EMBEDDING = ("ridge map from standardised mean-pooled features to TF-IDF bag-of-words (cli/retrieve.py), "
              "cosine similarity")
@@ -80,21 +101,30 @@ class CaptionPool:
         return self.tfidf.transform(sentences).tocsr()
 
 
-def pooled_features(features: MultiModalFeatures, ids: Sequence[str], pooling: str = "mean") -> torch.Tensor:
+def _bar(total: int, desc: str, unit: str, progress: Optional[bool]):
+    """A progress bar on stderr (``common.progress_bar``): ``progress`` None = only on a terminal,
+    False = never (library calls, the hub), True = always."""
+    return common.progress_bar(total, desc, unit, enabled=progress)
+
+
+def pooled_features(features: MultiModalFeatures, ids: Sequence[str], pooling: str = "mean",
+                    progress: Optional[bool] = False, desc: str = "pooling") -> torch.Tensor:
     """mean: the mean feature vector; flat: all tokens concatenated (needs one token count).
     Pooled item by item into one (n, D) array: the grids are never all in memory."""
     if pooling not in ("mean", "flat"):
         raise ValueError(f"unknown --pooling {pooling!r} (mean, flat)")
     out, first = None, None
-    for k, i in enumerate(ids):
-        a = features.get(i).astype(np.float32)
-        if first is None:
-            first = a.shape
-            out = np.empty((len(ids), a.shape[1] if pooling == "mean" else a.size), np.float32)
-        if pooling == "flat" and a.shape != first:
-            raise DataError(f"--pooling flat needs one feature shape for every item: item {ids[0]} has "
-                            f"{first}, item {i} has {a.shape}")
-        out[k] = a.mean(0) if pooling == "mean" else a.reshape(-1)
+    with _bar(len(ids), desc, "item", progress) as bar:
+        for k, i in enumerate(ids):
+            a = features.get(i).astype(np.float32)
+            if first is None:
+                first = a.shape
+                out = np.empty((len(ids), a.shape[1] if pooling == "mean" else a.size), np.float32)
+            if pooling == "flat" and a.shape != first:
+                raise DataError(f"--pooling flat needs one feature shape for every item: item {ids[0]} has "
+                                f"{first}, item {i} has {a.shape}")
+            out[k] = a.mean(0) if pooling == "mean" else a.reshape(-1)
+            bar.update(1)
     if out is None:
         raise DataError("no items to pool")
     return torch.from_numpy(out)
@@ -126,11 +156,14 @@ def _merge_topk(best_s, best_i, s, i, k):
 
 
 def search(x: torch.Tensor, w: torch.Tensor, pool: CaptionPool, k: int, exclude: List[set],
-           backend: str = "sparse", block_mb: float = 256) -> List[List[int]]:
+           backend: str = "sparse", block_mb: float = 256, progress: Optional[bool] = False,
+           desc: str = "search") -> List[List[int]]:
     """Top-k pool rows per query by (x W) · c, skipping each query's excluded rows.
     ``x``: design rows (n_q x (D + 1)); every score block holds at most ``block_mb`` MiB."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown --backend {backend!r} ({', '.join(BACKENDS)})")
+    if not (k >= 1 and block_mb > 0 and math.isfinite(block_mb)):
+        raise OptionError(f"need k >= 1 and a finite block size > 0 MiB, got k={k}, block_mb={block_mb}")
     n_q, n_pool = x.size(0), len(pool.sentences)
     extra = max((len(e) for e in exclude), default=0)
     kk = min(k + extra, n_pool)
@@ -138,17 +171,22 @@ def search(x: torch.Tensor, w: torch.Tensor, pool: CaptionPool, k: int, exclude:
     best_s = np.full((n_q, 0), -np.inf, np.float32)
     best_i = np.zeros((n_q, 0), np.int64)
     if backend == "faiss":
+        import logging
+
+        logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # which SIMD build it loads: not news
         import faiss
 
         q = np.ascontiguousarray(x.numpy(), dtype=np.float32)
         wt = np.ascontiguousarray(w.numpy().T)  # V x (D + 1)
         rows = max(1, min(n_pool, cells // max(1, x.size(1))))
-        for start in range(0, n_pool, rows):
-            p = np.ascontiguousarray(pool.matrix[start:start + rows] @ wt, dtype=np.float32)
-            index = faiss.IndexFlatIP(p.shape[1])
-            index.add(p)
-            s, i = index.search(q, min(kk, p.shape[0]))
-            best_s, best_i = _merge_topk(best_s, best_i, s, np.where(i >= 0, i + start, -1), kk)
+        with _bar(-(-n_pool // rows), desc, "block", progress) as bar:
+            for start in range(0, n_pool, rows):
+                p = np.ascontiguousarray(pool.matrix[start:start + rows] @ wt, dtype=np.float32)
+                index = faiss.IndexFlatIP(p.shape[1])
+                index.add(p)
+                s, i = index.search(q, min(kk, p.shape[0]))
+                best_s, best_i = _merge_topk(best_s, best_i, s, np.where(i >= 0, i + start, -1), kk)
+                bar.update(1)
         out = []
         for row, ex in zip(best_i.tolist(), exclude):
             out.append([j for j in row if j >= 0 and j not in ex][:k])
@@ -157,48 +195,70 @@ def search(x: torch.Tensor, w: torch.Tensor, pool: CaptionPool, k: int, exclude:
     q_rows = max(1, min(n_q, cells // max(1, min(n_pool, cells))))
     p_rows = max(1, cells // q_rows)
     out = []
-    for qs in range(0, n_q, q_rows):
-        e = np.ascontiguousarray((x[qs:qs + q_rows] @ w).numpy().T)  # V x Q
-        ex_rows = exclude[qs:qs + q_rows]
-        bs = np.full((e.shape[1], 0), -np.inf, np.float32)
-        bi = np.zeros((e.shape[1], 0), np.int64)
-        for ps in range(0, n_pool, p_rows):
-            s = torch.from_numpy(pool.matrix[ps:ps + p_rows] @ e)  # P x Q scores
-            for r, ex in enumerate(ex_rows):
-                rows = [j - ps for j in ex if ps <= j < ps + s.size(0)]
-                if rows:
-                    s[rows, r] = -np.inf
-            top_s, top_i = s.topk(min(k, s.size(0)), dim=0)  # no copy of the block
-            bs, bi = _merge_topk(bs, bi, top_s.t().numpy(), top_i.t().numpy() + ps, k)
-        for r in range(e.shape[1]):
-            out.append([int(j) for j, v in zip(bi[r], bs[r]) if v > -np.inf])
+    with _bar(-(-n_q // q_rows) * -(-n_pool // p_rows), desc, "block", progress) as bar:
+        for qs in range(0, n_q, q_rows):
+            e = np.ascontiguousarray((x[qs:qs + q_rows] @ w).numpy().T)  # V x Q
+            ex_rows = exclude[qs:qs + q_rows]
+            bs = np.full((e.shape[1], 0), -np.inf, np.float32)
+            bi = np.zeros((e.shape[1], 0), np.int64)
+            for ps in range(0, n_pool, p_rows):
+                s = torch.from_numpy(pool.matrix[ps:ps + p_rows] @ e)  # P x Q scores
+                for r, ex in enumerate(ex_rows):
+                    rows = [j - ps for j in ex if ps <= j < ps + s.size(0)]
+                    if rows:
+                        s[rows, r] = -np.inf
+                top_s, top_i = s.topk(min(k, s.size(0)), dim=0)  # no copy of the block
+                bs, bi = _merge_topk(bs, bi, top_s.t().numpy(), top_i.t().numpy() + ps, k)
+                bar.update(1)
+            for r in range(e.shape[1]):
+                out.append([int(j) for j, v in zip(bi[r], bs[r]) if v > -np.inf])
     return out
+
+
+def _npz_bytes(arrays: Dict[str, np.ndarray]) -> bytes:
+    """``np.savez`` without its clock: the same arrays give the same bytes (fixed zip entry times)."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED, allowZip64=True) as z:
+        for name, a in arrays.items():
+            with z.open(zipfile.ZipInfo(name + ".npy", date_time=(1980, 1, 1, 0, 0, 0)), "w", force_zip64=True) as f:
+                np.lib.format.write_array(f, np.asanyarray(a), allow_pickle=False)
+    return buf.getvalue()
 
 
 class Ranker:
     """The fitted embedding (training mean / std, W, the caption pool): ranks the training
     sentences for any pooled feature vector, also of a new image (``hub.py``).  ``save`` /
-    ``load``: an ``.npz`` beside the retrieval file (``ranker_path``)."""
+    ``load``: an ``.npz`` beside the retrieval file (``ranker_path``), with the settings and the
+    fingerprint of the data it was fit on (``data/retrieval.py``)."""
 
-    def __init__(self, pool: CaptionPool, mean: torch.Tensor, std: torch.Tensor, w: torch.Tensor, settings: dict):
+    def __init__(self, pool: CaptionPool, mean: torch.Tensor, std: torch.Tensor, w: torch.Tensor, settings: dict,
+                 fingerprint: Optional[dict] = None):
         self.pool, self.mean, self.std, self.w, self.settings = pool, mean, std, w, settings
+        self.fingerprint = fingerprint
 
     @classmethod
     def fit(cls, data: str, feature_files: str = "features.h5", key_template: str = "{}", ridge: float = 1.0,
-            train_split: str = "train", pooling: str = "mean"):
-        """(ranker, the feature stores, training rows, training ids, their pooled features)."""
+            train_split: str = "train", pooling: str = "mean", splits: Sequence[str] = (),
+            progress: Optional[bool] = False, max_abs: Optional[float] = DEFAULT_MAX_ABS):
+        """(ranker, the feature stores, training rows, training ids, their pooled features).
+        The ranker's fingerprint covers the training manifest, ``splits`` and the stores."""
         paths = [p if os.path.isabs(p) else os.path.join(data, p) for p in feature_files.split(",")]
-        features = MultiModalFeatures([open_feature_store(p, key_template) for p in paths])
+        features = MultiModalFeatures([open_feature_store(p, key_template, max_abs) for p in paths])
+        fingerprint = data_fingerprint(data, splits, train_split, stores=features.stores)
         train_rows = read_manifest(os.path.join(data, f"{train_split}.tsv"))
         pool = CaptionPool(train_rows)
         train_ids = eval_item_ids(train_rows)
         features.validate(train_ids, check="lazy")
-        x_train = pooled_features(features, train_ids, pooling)
+        x_train = pooled_features(features, train_ids, pooling, progress, f"pooling {train_split}")
         mean, std = x_train.mean(0), x_train.std(0).clamp(min=1e-6)
         settings = {"feature_files": feature_files, "feature_key_template": key_template, "ridge": ridge,
                     "pooling": pooling, "train_split": train_split}
-        ranker = cls(pool, mean, std, torch.zeros(0), settings)
-        ranker.w = fit_ridge(ranker.design(x_train), pool, train_rows, train_ids, ridge)
+        ranker = cls(pool, mean, std, torch.zeros(0), settings, fingerprint)
+        try:
+            ranker.w = fit_ridge(ranker.design(x_train), pool, train_rows, train_ids, ridge)
+        except torch.linalg.LinAlgError:
+            raise OptionError(f"--ridge {ridge}: the ridge system of the {len(train_ids)} training items is "
+                              f"singular; use --ridge > 0") from None
         return ranker, features, train_rows, train_ids, x_train
 
     def design(self, x: torch.Tensor) -> torch.Tensor:
@@ -211,28 +271,50 @@ class Ranker:
         return a.mean(0) if self.settings["pooling"] == "mean" else a.reshape(-1)
 
     def rank(self, pooled: torch.Tensor, k: int, exclude=None, backend: str = "sparse",
-             block_mb: float = 256) -> List[List[str]]:
+             block_mb: float = 256, progress: Optional[bool] = False, desc: str = "search") -> List[List[str]]:
         if pooled.size(1) != self.mean.numel():
             raise DataError(f"pooled features of dim {pooled.size(1)}, the ranker was fit on {self.mean.numel()}")
         exclude = exclude if exclude is not None else [set()] * pooled.size(0)
-        found = search(self.design(pooled), self.w, self.pool, k, exclude, backend, block_mb)
+        found = search(self.design(pooled), self.w, self.pool, k, exclude, backend, block_mb, progress, desc)
         return [[self.pool.sentences[j] for j in row] for row in found]
 
-    def save(self, path: str) -> None:
-        tmp = path + ".tmp.npz"
-        np.savez(tmp, mean=self.mean.numpy(), std=self.std.numpy(), w=self.w.numpy(),
-                 sentences=np.array(self.pool.sentences), settings=np.array(json.dumps(self.settings)))
-        os.replace(tmp, path)
+    def npz_bytes(self) -> bytes:
+        arrays = {"mean": self.mean.numpy(), "std": self.std.numpy(), "w": self.w.numpy(),
+                  "sentences": np.array(self.pool.sentences), "settings": np.array(json.dumps(self.settings))}
+        if self.fingerprint is not None:
+            arrays["fingerprint"] = np.array(json.dumps(self.fingerprint, sort_keys=True))
+        return _npz_bytes(arrays)
+
+    def save(self, path: str, made_by: Optional[str] = None) -> None:
+        """Written whole or not at all (``files.atomic_path``: a temporary name of this process)."""
+        with atomic_path(path, made_by) as tmp:
+            with open(tmp, "wb") as f:
+                f.write(self.npz_bytes())
 
     @classmethod
-    def load(cls, path: str) -> "Ranker":
+    def load(cls, path: str, data: Optional[str] = None, retrieval=None) -> "Ranker":
+        """``data``: the folder it is used with (its fingerprint must match, ``check_fingerprint``);
+        ``retrieval``: the ``RetrievalFile`` it must belong to (the same nar-caption-retrieve run's
+        settings and fingerprint)."""
         if not os.path.isfile(path):
             raise DataError(f"{path}: ranker not found (nar-caption-retrieve writes it beside the retrieval file)")
-        z = np.load(path, allow_pickle=False)
-        sentences = [str(s) for s in z["sentences"]]
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                arrays = {k: z[k] for k in z.files}
+            sentences = [str(s) for s in arrays["sentences"]]
+            settings = json.loads(str(arrays["settings"]))
+            fingerprint = json.loads(str(arrays["fingerprint"])) if "fingerprint" in arrays else None
+            mean, std, w = (torch.from_numpy(arrays[k]) for k in ("mean", "std", "w"))
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
+            raise DataError(f"{path}: not a ranker nar-caption-retrieve wrote ({type(e).__name__}: {e}); "
+                            f"run nar-caption-retrieve again") from None
+        if data is not None:
+            check_fingerprint(path, fingerprint, data)
+        if retrieval is not None and (fingerprint != retrieval.fingerprint or settings != retrieval.settings):
+            raise DataError(f"{path}: not the ranker of {retrieval.path} (another nar-caption-retrieve run: other "
+                            f"settings or data); run nar-caption-retrieve again on this data")
         pool = CaptionPool([SimpleNamespace(item_id=str(k), caption=c) for k, c in enumerate(sentences)])
-        return cls(pool, torch.from_numpy(z["mean"]), torch.from_numpy(z["std"]), torch.from_numpy(z["w"]),
-                   json.loads(str(z["settings"])))
+        return cls(pool, mean, std, w, settings, fingerprint)
 
 
 def ranker_path(retrieval_file: str) -> str:
@@ -240,14 +322,15 @@ def ranker_path(retrieval_file: str) -> str:
     return os.path.splitext(retrieval_file)[0] + ".ranker.npz"
 
 
-def retrieve(data: str, splits: Sequence[str], k: int = 20, feature_files: str = "features.h5",
-             key_template: str = "{}", ridge: float = 1.0, train_split: str = "train",
-             pooling: str = "mean", backend: str = "sparse", block_mb: float = 256,
-             save_ranker: Optional[str] = None) -> Dict[str, List[str]]:
-    ranker, features, train_rows, train_ids, x_train = Ranker.fit(data, feature_files, key_template, ridge,
-                                                                 train_split, pooling)
-    if save_ranker:
-        ranker.save(save_ranker)
+def retrieve_with_ranker(data: str, splits: Sequence[str], k: int = 20, feature_files: str = "features.h5",
+                         key_template: str = "{}", ridge: float = 1.0, train_split: str = "train",
+                         pooling: str = "mean", backend: str = "sparse", block_mb: float = 256,
+                         progress: Optional[bool] = False,
+                         max_abs: Optional[float] = DEFAULT_MAX_ABS) -> Tuple[Ranker, Dict[str, List[str]]]:
+    """(the fitted ranker, item id → top-k training sentences for every item of ``splits``)."""
+    splits = list(dict.fromkeys(splits))
+    ranker, features, train_rows, train_ids, x_train = Ranker.fit(
+        data, feature_files, key_template, ridge, train_split, pooling, splits, progress, max_abs)
     own: Dict[str, set] = {}
     for j, owners in enumerate(ranker.pool.owners):
         for i in owners:
@@ -259,48 +342,108 @@ def retrieve(data: str, splits: Sequence[str], k: int = 20, feature_files: str =
         if not ids:
             continue
         features.validate(ids, check="lazy")
-        x = x_train if split == train_split and ids == train_ids else pooled_features(features, ids, pooling)
+        x = x_train if split == train_split and ids == train_ids else \
+            pooled_features(features, ids, pooling, progress, f"pooling {split}")
         # training items never retrieve their own captions; others may hold captions equal to training ones
         exclude = [own.get(i, set()) if split == train_split else set() for i in ids]
-        for i, found in zip(ids, ranker.rank(x, k, exclude, backend, block_mb)):
+        for i, found in zip(ids, ranker.rank(x, k, exclude, backend, block_mb, progress, f"search {split}")):
             if not found:
                 raise DataError(f"{data}: item {i} of {split}: no sentence left to retrieve")
             items[i] = found
-    return items
+    return ranker, items
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("data")
-    p.add_argument("--splits", default="train,val,test")
-    p.add_argument("--train-split", default="train", help="the caption pool and the ridge fit")
-    p.add_argument("--k", type=int, default=20)
-    p.add_argument("--feature-files", default="features.h5",
-                   help="comma-separated stores (relative to DATA or absolute), modalities concatenated")
-    p.add_argument("--feature-key-template", default="{}")
-    p.add_argument("--ridge", type=float, default=1.0)
+def retrieve(data: str, splits: Sequence[str], k: int = 20, feature_files: str = "features.h5",
+             key_template: str = "{}", ridge: float = 1.0, train_split: str = "train",
+             pooling: str = "mean", backend: str = "sparse", block_mb: float = 256,
+             progress: Optional[bool] = False) -> Dict[str, List[str]]:
+    """item id → top-k training sentences (``retrieve_with_ranker``; nothing written)."""
+    return retrieve_with_ranker(data, splits, k, feature_files, key_template, ridge, train_split, pooling,
+                                backend, block_mb, progress)[1]
+
+
+def _finite(check):
+    def finite(text: str):
+        v = check(text)
+        if not math.isfinite(v):
+            raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+        return v
+
+    return finite
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = common.parser(__doc__, COMMAND)
+    p.add_argument("data", help="data folder: <split>.tsv manifests and the feature files")
+    p.add_argument("--splits", type=common.name_list, default="train,val,test",
+                   help="comma-separated splits whose items get retrieved sentences (default %(default)s)")
+    p.add_argument("--train-split", type=common.split_name, default="train",
+                   help="the caption pool and the ridge fit (default %(default)s)")
+    p.add_argument("--k", type=common.positive_int, default=20, help="sentences per item (default %(default)s)")
+    common.add_feature_args(p)
+    p.add_argument("--ridge", type=_finite(common.nonneg_float), default=1.0, help="ρ (default %(default)s)")
     p.add_argument("--pooling", default="mean", choices=["mean", "flat"],
                    help="image vector: mean over tokens, or all tokens concatenated "
                         "(fixed grids; n_items x N·D floats)")
     p.add_argument("--backend", default="sparse", choices=BACKENDS,
                    help="sparse: chunked TF-IDF-space products; "
                         "faiss: IndexFlatIP over the captions mapped to feature space")
-    p.add_argument("--block-mb", type=float, default=256, help="largest score block (MiB)")
-    p.add_argument("--out", default=None, help="default DATA/retrieval.json")
-    a = p.parse_args(argv)
-    out = a.out or os.path.join(a.data, "retrieval.json")
-    items = retrieve(a.data, a.splits.split(","), a.k, a.feature_files, a.feature_key_template, a.ridge,
-                     a.train_split, a.pooling, a.backend, a.block_mb, save_ranker=ranker_path(out))
-    settings = {"feature_files": a.feature_files, "feature_key_template": a.feature_key_template, "ridge": a.ridge,
-                "pooling": a.pooling, "train_split": a.train_split}
-    atomic_write_text(out, json.dumps({"embedding": EMBEDDING, "k": a.k, "settings": settings, "items": items}))
-    print(f"wrote {out}: top-{a.k} sentences for {len(items)} items; ranker {ranker_path(out)}")
+    p.add_argument("--block-mb", type=_finite(common.positive_float), default=256,
+                   help="largest score block (MiB, default %(default)s)")
+    p.add_argument("--out", default=None, help="default DATA/retrieval.json; the ranker goes beside it")
+    common.add_overwrite_arg(p)
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (they show only on a terminal)")
+    return p
 
+
+def parse_args(argv=None) -> argparse.Namespace:
+    """The options, checked before any work: usage errors are one line, exit 2."""
+    p = build_parser()
+    a = p.parse_args(argv)
+    if not os.path.isdir(a.data):
+        p.error(f"argument data: {a.data} is not a folder")
+    for s in a.splits:
+        try:
+            common.split_name(s)
+        except argparse.ArgumentTypeError as e:
+            p.error(f"argument --splits: {e}")
+    a.splits = list(dict.fromkeys(a.splits))
+    for flag, split in [("--train-split", a.train_split)] + [("--splits", s) for s in a.splits]:
+        path = os.path.join(a.data, f"{split}.tsv")
+        if not os.path.isfile(path):
+            p.error(f"argument {flag}: split {split} has no manifest {path}")
+    if a.backend == "faiss":
+        import importlib.util
+
+        if importlib.util.find_spec("faiss") is None:
+            p.error("argument --backend: faiss is not installed here (pip install faiss-cpu), use --backend sparse")
+    a.out = a.out or os.path.join(a.data, "retrieval.json")
+    return a
+
+
+def main(argv=None):
+    a = parse_args(argv)
+    out, ranker_out = a.out, ranker_path(a.out)
+    inputs = [os.path.join(a.data, f"{s}.tsv") for s in [a.train_split, *a.splits]]
+    inputs += [p if os.path.isabs(p) else os.path.join(a.data, p) for p in a.feature_files.split(",")]
+    for path in (out, ranker_out):  # before any work
+        check_output(path, COMMAND, inputs=inputs, overwrite=a.overwrite)
+    progress = False if a.no_progress else None
+    ranker, items = retrieve_with_ranker(a.data, a.splits, a.k, a.feature_files, a.feature_key_template, a.ridge,
+                                         a.train_split, a.pooling, a.backend, a.block_mb, progress,
+                                         a.feature_max_abs or None)
+    doc = retrieval_document(items, ranker.fingerprint, a.k, ranker.settings, EMBEDDING)
+    # both or neither: the ranker is renamed into place only once the retrieval file is
+    with atomic_path(ranker_out, made_by=COMMAND) as tmp:
+        with open(tmp, "wb") as f:
+            f.write(ranker.npz_bytes())
+        atomic_write_text(out, json.dumps(doc), made_by=COMMAND)
+    print(f"wrote {out}: top-{a.k} sentences for {len(items)} items; ranker {ranker_out}")
 
 
 def cli_main(argv=None) -> None:
     """Console entry: exit 0; a known error is one line and exit 1 (``common.run_main``)."""
-    run_main(main, argv, "nar-caption-retrieve")
+    run_main(main, argv, COMMAND)
 
 
 if __name__ == "__main__":

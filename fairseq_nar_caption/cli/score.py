@@ -23,12 +23,15 @@ from typing import Dict, Iterable, List, Optional
 
 from ..data.manifest import eval_item_ids, read_manifest
 from ..errors import DataError
-from ..evaluation.coco_metrics import METRICS, coco_scores
+from ..data.text import read_dictionary
+from ..evaluation.coco_metrics import METRICS, coco_scores, scoring_steps
 from ..evaluation.diversity import diversity
 from ..evaluation.references import (check_sample_order, load_coco_refs, load_coco_results, map_sample_ids,
                                      parse_generate_output, parse_generate_targets)
-from ..files import atomic_write_text
-from .common import run_main
+from ..files import atomic_write_text, check_output
+from .common import add_overwrite_arg, parser, progress_bar, run_main
+
+COMMAND = "nar-caption-score"
 
 # Table columns: (result key, header); scores are printed x100 except the word count.
 _COLUMNS = [
@@ -47,15 +50,7 @@ def dict_vocab_size(path: str) -> int:
     ``madeupwordNNNN`` entries that ``fairseq-preprocess`` pads the dictionary
     with are not words and are not counted.
     """
-    if not os.path.isfile(path):
-        raise DataError(f"{path}: dictionary not found")
-    words = 0
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            fields = line.split()
-            if len(fields) < 2 or not fields[1].isdigit():
-                raise DataError(f"{path}:{lineno}: expected '<word> <count>', got {line.rstrip()!r}")
-            words += not fields[0].startswith("madeupword")
+    words = sum(not w.startswith("madeupword") for w, _ in read_dictionary(path))
     if not words:
         raise DataError(f"{path}: dictionary has no words")
     return words
@@ -71,8 +66,10 @@ def score_files(
     spice: str = "auto",
     metrics: Iterable[str] = METRICS,
     name: Optional[str] = None,
+    progress=None,
 ) -> Dict[str, object]:
-    """Score one set of generated captions; the arguments mirror the CLI options.
+    """Score one set of generated captions; the arguments mirror the CLI options
+    (``progress``: passed to ``coco_scores``).
 
     Returns ``{"name", "num_images", "scores", "skipped"}``: ``scores`` maps each
     computed metric to its raw value (COCO metrics from ``coco_scores``, diversity
@@ -86,6 +83,10 @@ def score_files(
     references = load_coco_refs(refs)
     if generate_output is not None:
         item_ids = eval_item_ids(manifest) if manifest else list(references)
+        missing = [i for i in item_ids if i not in references]
+        if missing:
+            raise DataError(f"{refs}: lacks the references of {len(missing)} item(s) of {manifest}, e.g. "
+                            f"{missing[:5]}: give the decoded split's references file")
         samples = parse_generate_output(generate_output)
         targets = parse_generate_targets(generate_output)
         if not targets and not manifest:
@@ -97,7 +98,7 @@ def score_files(
     else:
         hyps = load_coco_results(results)
 
-    coco = coco_scores(references, hyps, spice=spice, metrics=metrics)
+    coco = coco_scores(references, hyps, spice=spice, metrics=metrics, progress=progress)
     skipped = coco.pop("skipped")
     train_captions = [row.caption for row in read_manifest(train_manifest)] if train_manifest else None
     div = diversity(hyps, train_captions, dict_vocab_size(dict_path) if dict_path else None)
@@ -146,7 +147,7 @@ def format_table(result: Dict[str, object]) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="nar-caption-score", description=__doc__.split("\n\n")[0])
+    p = parser(__doc__.split("\n\n")[0], COMMAND)
     p.add_argument("--refs", required=True, help="COCO caption file with the references (images + annotations)")
     hyp = p.add_mutually_exclusive_group(required=True)
     hyp.add_argument("--generate-output", help="fairseq-generate stdout (H-<sample id> lines)")
@@ -161,28 +162,40 @@ def build_parser() -> argparse.ArgumentParser:
                    help="COCO metrics to compute (default: all; leave out METEOR to skip its ~15 s JVM start)")
     p.add_argument("--name", help="row label (default: the hypothesis file's name)")
     p.add_argument("--json-out", help="write the raw result as JSON here")
+    add_overwrite_arg(p)
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (it shows only on a terminal)")
     return p
 
 
 def main(argv: Optional[List[str]] = None) -> Dict[str, object]:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    p = build_parser()
+    args = p.parse_args(argv)
     if args.manifest and args.results:
-        parser.error("--manifest maps fairseq-generate sample ids: it needs --generate-output, not --results")
-    result = score_files(
-        args.refs, generate_output=args.generate_output, results=args.results, manifest=args.manifest,
-        train_manifest=args.train_manifest, dict_path=args.dict_path, spice=args.spice,
-        metrics=args.metrics, name=args.name,
-    )
+        p.error("--manifest maps fairseq-generate sample ids: it needs --generate-output, not --results")
+    if args.json_out:
+        check_output(args.json_out, COMMAND, overwrite=args.overwrite,
+                     inputs=[args.refs, args.generate_output, args.results, args.manifest, args.train_manifest,
+                             args.dict_path])
+    steps = scoring_steps(args.metrics, args.spice)
+    with progress_bar(len(steps), "score", "step", enabled=False if args.no_progress else None) as bar:
+        def step(name):
+            bar.set_postfix_str(name)
+            bar.update(1)
+
+        result = score_files(
+            args.refs, generate_output=args.generate_output, results=args.results, manifest=args.manifest,
+            train_manifest=args.train_manifest, dict_path=args.dict_path, spice=args.spice,
+            metrics=args.metrics, name=args.name, progress=step,
+        )
     print(format_table(result))
     if args.json_out:
-        atomic_write_text(args.json_out, json.dumps(result, indent=2) + "\n")
+        atomic_write_text(args.json_out, json.dumps(result, indent=2) + "\n", made_by=COMMAND)
     return result
 
 
 def cli_main(argv: Optional[List[str]] = None) -> None:
     """Console entry: exit 0; a known error (DataError, MetricUnavailable) is one line and exit 1."""
-    run_main(main, argv)
+    run_main(main, argv, COMMAND)
 
 
 if __name__ == "__main__":

@@ -44,8 +44,10 @@ from ..data.ofa_tsv import TASKS, find_image_file, image_size, parse_box_field, 
 from ..evaluation.coco_metrics import METRICS, coco_scores
 from ..evaluation.references import load_coco_refs
 from ..evaluation.vl_metrics import accuracy, grounding_hits, normalize_answer, parse_ofa_answers, vqa_score
-from ..files import atomic_write_text
-from .common import run_main
+from ..files import atomic_write_text, check_output
+from .common import add_overwrite_arg, parser, positive_int, run_main
+
+COMMAND = "nar-caption-score-vl"
 
 
 def read_detok_hypotheses(path: str, num_rows: int) -> List[str]:
@@ -194,35 +196,38 @@ def summary_line(result: dict) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="score_vl", description=__doc__.split("\n\n")[0])
+    p = parser(__doc__.split("\n\n")[0], COMMAND)
     p.add_argument("--task", required=True, choices=TASKS)
     p.add_argument("--tsv", required=True, help="the decoded split's TSV (sample id i = its i-th data row)")
     p.add_argument("--generate-output", required=True, help="fairseq-generate stdout (D-<id> lines)")
     p.add_argument("--image-dir", help="folder of <image_id>.png images (TSVs without a base64 image column)")
     p.add_argument("--refs", help="caption: COCO caption references (default: the TSV's captions per image)")
-    p.add_argument("--num-bins", type=int, default=1000, help="grounding: number of <bin_k> tokens (default 1000)")
+    p.add_argument("--num-bins", type=positive_int, default=1000, help="grounding: number of <bin_k> tokens (default 1000)")
     p.add_argument("--metrics", nargs="+", choices=METRICS, default=list(METRICS),
                    help="caption: COCO metrics to compute (leave out METEOR to skip its ~15 s JVM start)")
     p.add_argument("--spice", choices=("auto", "off", "on"), default="auto", help="caption: SPICE (see cli/score.py)")
     p.add_argument("--name", help="label of the result (default: the generate output's file name)")
     p.add_argument("--json-out", help="write the result as JSON here (atomically)")
+    add_overwrite_arg(p)
     return p
 
 
 def main(argv: Optional[List[str]] = None) -> dict:
     args = build_parser().parse_args(argv)
+    if args.json_out:
+        check_output(args.json_out, COMMAND, inputs=[args.tsv, args.generate_output, args.refs], overwrite=args.overwrite)
     logging.getLogger("PIL").setLevel(logging.INFO)  # PIL's per-chunk DEBUG lines when the root logger is DEBUG
     result = score_vl(args.task, args.tsv, args.generate_output, image_dir=args.image_dir, refs=args.refs,
                       num_bins=args.num_bins, metrics=args.metrics, spice=args.spice, name=args.name)
     print(summary_line(result))
     if args.json_out:
-        atomic_write_text(args.json_out, json.dumps(result, indent=2) + "\n")
+        atomic_write_text(args.json_out, json.dumps(result, indent=2) + "\n", made_by=COMMAND)
     return result
 
 
 def cli_main(argv: Optional[List[str]] = None) -> None:
     """Console entry: exit 0; a known error is one line and exit 1 (``common.run_main``)."""
-    run_main(main, argv)
+    run_main(main, argv, COMMAND)
 
 
 if __name__ == "__main__":

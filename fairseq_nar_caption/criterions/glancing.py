@@ -26,6 +26,8 @@ import torch
 from fairseq.dataclass import FairseqDataclass
 from torch import Tensor
 
+from ..errors import OptionError
+
 
 @dataclass
 class GlancingConfig(FairseqDataclass):
@@ -43,9 +45,9 @@ def check_glancing(cfg) -> None:
         if name == "glat_ratio_final" and v < 0:
             continue
         if not 0 <= v <= 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be in [0, 1], got {v}")
+            raise OptionError(f"--{name.replace('_', '-')} must be in [0, 1], got {v}")
     if cfg.glat_anneal_updates < 0:
-        raise ValueError(f"--glat-anneal-updates must be >= 0, got {cfg.glat_anneal_updates}")
+        raise OptionError(f"--glat-anneal-updates must be >= 0, got {cfg.glat_anneal_updates}")
 
 
 def glancing_ratio(cfg, num_updates: int) -> float:

@@ -42,6 +42,7 @@ from fairseq.data import data_utils
 from fairseq.dataclass import FairseqDataclass
 from torch import Tensor
 
+from ..errors import DataError, OptionError
 from ..models.saic import filler_layout, filler_targets, outline_layout
 from .nacf_loss import random_mask
 
@@ -89,12 +90,12 @@ class GroupMaskCriterion(FairseqCriterion):
     def __init__(self, task, curriculum_updates, curriculum_lambda, p_hybr, label_smoothing):
         super().__init__(task)
         if curriculum_lambda < 0:
-            raise ValueError(f"--curriculum-lambda must be >= 0, got {curriculum_lambda}")
+            raise OptionError(f"--curriculum-lambda must be >= 0, got {curriculum_lambda}")
         if curriculum_lambda > 0 and curriculum_updates <= 0:
-            raise ValueError("Eq. 9 needs the total T: set --curriculum-updates (e.g. to --max-update), "
+            raise OptionError("Eq. 9 needs the total T: set --curriculum-updates (e.g. to --max-update), "
                              "or --curriculum-lambda 0 for p_g = 1 throughout")
         if not 0 <= p_hybr <= 1:
-            raise ValueError(f"--p-hybr must be in [0, 1], got {p_hybr}")
+            raise OptionError(f"--p-hybr must be in [0, 1], got {p_hybr}")
         self.total, self.lam, self.p_hybr, self.eps = curriculum_updates, curriculum_lambda, p_hybr, label_smoothing
         d = task.target_dictionary
         self.eos, self.mask = d.eos(), d.index("<mask>")
@@ -110,7 +111,7 @@ class GroupMaskCriterion(FairseqCriterion):
             bad = (need > max_positions).nonzero().view(-1).tolist()
             if bad:
                 items = [sample["item_ids"][i] for i in bad[:5]] if "item_ids" in sample else bad[:5]
-                raise ValueError(f"{key} of item(s) {items}: {int(n[bad[0]])} words need {int(need[bad[0]])} decoder "
+                raise DataError(f"{key} of item(s) {items}: {int(n[bad[0]])} words need {int(need[bad[0]])} decoder "
                                  f"positions with group size {k}, more than --max-target-positions {max_positions}; "
                                  f"drop longer captions or raise it (for the AR teacher too)")
 
@@ -145,14 +146,14 @@ class GroupMaskCriterion(FairseqCriterion):
     # ------------------------------------------------------------------ forward
     def forward(self, model, sample, reduce=True):
         if not hasattr(model, "forward_filler"):
-            raise ValueError(f"--criterion group_mask trains SAIC (--arch saic), got {type(model).__name__}")
+            raise OptionError(f"--criterion group_mask trains SAIC (--arch saic), got {type(model).__name__}")
         self._check_lengths(sample, model.group_size, model.decoder.max_positions())
         raw = sample["target"]
         bsz = raw.size(0)
         if model.training:
             if self.p_hybr < 1:
                 if "distill_target" not in sample:
-                    raise ValueError(f"hybrid distillation (--p-hybr {self.p_hybr} < 1) needs the AR teacher's "
+                    raise OptionError(f"hybrid distillation (--p-hybr {self.p_hybr} < 1) needs the AR teacher's "
                                      f"captions: set --hybrid-distill-split (e.g. train_distill), or --p-hybr 1")
                 target, from_raw = hybrid_targets(raw, sample["distill_target"], self.p_hybr, self.padding_idx)
             else:

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from fairseq import metrics
 from fairseq.criterions import FairseqCriterion, register_criterion
 
+from ..errors import DataError, OptionError
 from ..data.visual_words import BE_FORMS, NOUN, VERB
 from .glancing import GlancingConfig, check_glancing, glance_count, glancing_ratio, sample_glance
 
@@ -77,7 +78,7 @@ class NACFLoss(FairseqCriterion):
                                    glat_anneal_updates=glat_anneal_updates)
         check_glancing(self.glat)
         if not 0 <= mask_ratio_low <= mask_ratio_high <= 1:
-            raise ValueError(f"need 0 <= β_l <= β_h <= 1, got {mask_ratio_low}, {mask_ratio_high}")
+            raise OptionError(f"need 0 <= β_l <= β_h <= 1, got {mask_ratio_low}, {mask_ratio_high}")
         self.vis_weight, self.low, self.high = vis_weight, mask_ratio_low, mask_ratio_high
         self.length_weight, self.eps = length_weight, label_smoothing
         d = task.target_dictionary
@@ -128,7 +129,7 @@ class NACFLoss(FairseqCriterion):
         # L_vis, Eq. 6-7: all-<vis> input, every non-pad position supervised
         if self.vis_weight > 0:
             if "target_pos" not in sample:
-                raise ValueError("L_vis needs POS tags: the manifest has no 'pos' column (or use --vis-weight 0)")
+                raise DataError("L_vis needs POS tags: the manifest has no 'pos' column (or use --vis-weight 0)")
             pos = sample["target_pos"][:, : words.size(1)]  # aligned with target; </s> column dropped
             vis_logits = model.forward_decoder_nar(words.masked_fill(nonpad, self.vis), encoder_out)
             vis_loss, _ = smoothed_nll(vis_logits, self.visual_targets(words, pos), nonpad, self.eps)

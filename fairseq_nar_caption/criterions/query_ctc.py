@@ -35,6 +35,7 @@ from fairseq.criterions import FairseqCriterion, register_criterion
 from fairseq.dataclass import ChoiceEnum
 from torch import Tensor
 
+from ..errors import OptionError
 from .glancing import (GlancingConfig, check_glancing, ctc_best_alignment, glance_count, glancing_ratio,
                        sample_glance)
 
@@ -71,10 +72,10 @@ class QueryCTCCriterion(FairseqCriterion):
                                    glat_anneal_updates=glat_anneal_updates)
         check_glancing(self.glat)
         if glat_ratio > 0 and loss != "ctc":
-            raise ValueError("--glat-ratio glances at CTC alignments: use it with --loss ctc")
+            raise OptionError("--glat-ratio glances at CTC alignments: use it with --loss ctc")
         d = task.target_dictionary
         if "<blank>" not in d.indices:
-            raise ValueError("query_ctc needs a <blank> symbol in the dictionary")
+            raise OptionError("query_ctc needs a <blank> symbol in the dictionary")
         self.blank, self.pad, self.eos = d.index("<blank>"), d.pad(), d.eos()
         self.loss_type, self.eps = loss, label_smoothing
 
@@ -91,7 +92,7 @@ class QueryCTCCriterion(FairseqCriterion):
         with torch.no_grad():
             first = model.decoder(encoder_out=encoder_out)
             if first[1].get("padding_mask") is not None:
-                raise ValueError("--glat-ratio needs learnable queries (--decoder-input query)")
+                raise OptionError("--glat-ratio needs learnable queries (--decoder-input query)")
             lp = model.get_normalized_probs(first, log_probs=True).float()
             fits = torch.tensor([ctc_min_positions(t[:n].tolist()) <= lp.size(1)
                                  for t, n in zip(targets, tgt_lengths.tolist())], device=lp.device)

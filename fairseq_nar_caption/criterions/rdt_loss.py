@@ -31,6 +31,7 @@ from fairseq.criterions import FairseqCriterion, register_criterion
 from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 from torch import Tensor
 
+from ..errors import OptionError
 from ..models.rdt import forward_noise
 
 TERMS = ("xe", "bit", "rank")
@@ -79,7 +80,7 @@ class RDTLossCriterion(FairseqCriterion):
         self.lambdas = (lambda_xe, lambda_bit, lambda_rank)
         self.delta_tim, self.delta_sen, self.eps = delta_tim, delta_sen, label_smoothing
         if not 0 < max_time <= 1:
-            raise ValueError(f"--max-time must be in (0, 1], got {max_time}")
+            raise OptionError(f"--max-time must be in (0, 1], got {max_time}")
         self.max_time, self.loss_slots = max_time, loss_slots
 
     def draw(self, model, shape_t, x0: Tensor):
@@ -92,14 +93,14 @@ class RDTLossCriterion(FairseqCriterion):
 
     def forward(self, model, sample, reduce=True):
         if not hasattr(model, "denoise"):
-            raise ValueError(f"--criterion rdt_loss trains RDT (--arch rdt*), got {type(model).__name__}")
+            raise OptionError(f"--criterion rdt_loss trains RDT (--arch rdt*), got {type(model).__name__}")
         target = model.fixed_length(sample["target"], sample.get("item_ids"))
         bsz = target.size(0)
         x0 = model.to_bits(target)
         t, noise = self.draw(model, (bsz,), x0)
         x_t, gamma = forward_noise(x0, t, model.noise_schedule, noise)  # Eq. 1
         if model.cfg.cascaded and "cascade_tokens" not in sample:
-            raise ValueError("a --cascaded model trains on a first model's captions: set the task's "
+            raise OptionError("a --cascaded model trains on a first model's captions: set the task's "
                              "--cascade-manifests (one caption per item of every split it reads)")
         encoder_out = model.forward_encoder(sample["net_input"])
         cascade = model.to_bits(model.fixed_length(sample["cascade_tokens"], sample.get("item_ids"), "first-stage "

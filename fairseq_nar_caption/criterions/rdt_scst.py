@@ -35,7 +35,7 @@ from fairseq.dataclass import FairseqDataclass
 from torch import Tensor
 
 from ..data.manifest import item_references
-from ..errors import DataError
+from ..errors import DataError, OptionError
 from ..evaluation.coco_metrics import CorpusCiderD
 from ..models.rdt import forward_noise
 
@@ -60,7 +60,7 @@ class RDTSCSTCriterion(FairseqCriterion):
             raise DataError("--criterion rdt_scst validates by decoding: set --eval-cider (with "
                             "--best-checkpoint-metric cider --maximize-best-checkpoint-metric)")
         if num_samples < 1:
-            raise ValueError(f"--num-samples must be >= 1, got {num_samples}")
+            raise OptionError(f"--num-samples must be >= 1, got {num_samples}")
         self.k, self.teacher_as_input, self.teacher_sample = num_samples, not gt_as_input, not no_teacher_sample
         self.max_time, self.reward_split = max_time, reward_split
         self.dictionary = task.target_dictionary
@@ -81,10 +81,10 @@ class RDTSCSTCriterion(FairseqCriterion):
 
     def forward(self, model, sample, reduce=True):
         if not hasattr(model, "denoise"):
-            raise ValueError(f"--criterion rdt_scst trains RDT (--arch rdt*), got {type(model).__name__}")
+            raise OptionError(f"--criterion rdt_scst trains RDT (--arch rdt*), got {type(model).__name__}")
         use_teacher = "distill_target" in sample
         if (self.teacher_as_input or self.teacher_sample) and not use_teacher and model.training:
-            raise ValueError("guided SCST needs the AR teacher's captions: set --hybrid-distill-split train_distill "
+            raise OptionError("guided SCST needs the AR teacher's captions: set --hybrid-distill-split train_distill "
                              "(nar-caption-distill writes it), or --no-teacher-sample --gt-as-input")
         ids = sample.get("item_ids")
         gt = model.fixed_length(sample["target"], ids)
@@ -100,7 +100,7 @@ class RDTSCSTCriterion(FairseqCriterion):
         t, noise = torch.rand(bsz, device=x0.device) * self.max_time, torch.randn_like(x0)
         x_t, gamma = forward_noise(x0, t, model.noise_schedule, noise)  # Eq. 1
         if model.cfg.cascaded and "cascade_tokens" not in sample:
-            raise ValueError("a --cascaded model trains on a first model's captions: set the task's "
+            raise OptionError("a --cascaded model trains on a first model's captions: set the task's "
                              "--cascade-manifests (one caption per item of every split it reads)")
         encoder_out = model.forward_encoder(sample["net_input"])
         cascade = model.to_bits(model.fixed_length(sample["cascade_tokens"], ids, "first-stage caption")) \

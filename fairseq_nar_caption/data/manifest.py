@@ -95,9 +95,12 @@ def read_manifest(path: str) -> List[CaptionRow]:
     return rows
 
 
-def write_manifest(path: str, rows: Iterable[CaptionRow]) -> None:
-    """Validate every row, then write atomically: a failure leaves nothing half-written."""
+def write_manifest(path: str, rows: Iterable[CaptionRow], made_by: Optional[str] = None) -> None:
+    """Validate every row, then write atomically: a failure leaves nothing half-written
+    (``made_by``: the command, entered in the folder's ledger, ``files.py``)."""
     rows = list(rows)
+    if not rows:
+        raise DataError(f"{path}: no rows to write (a manifest needs at least one caption)")
     cols = list(REQUIRED)
     if rows and rows[0].pos is not None:
         cols.append("pos")
@@ -114,7 +117,7 @@ def write_manifest(path: str, rows: Iterable[CaptionRow]) -> None:
             if "\t" in v or "\n" in v:
                 raise DataError(f"{path}: item {r.item_id}: field contains a tab or newline: {v!r}")
         lines.append("\t".join(vals) + "\n")
-    atomic_write_text(path, "".join(lines))
+    atomic_write_text(path, "".join(lines), made_by=made_by)
 
 
 def eval_item_ids(rows_or_path) -> List[str]:
@@ -136,7 +139,7 @@ def item_references(rows_or_path) -> Dict[str, List[str]]:
     return refs
 
 
-def write_coco_refs(path: str, rows, info: Optional[dict] = None) -> None:
+def write_coco_refs(path: str, rows, info: Optional[dict] = None, made_by: Optional[str] = None) -> None:
     """COCO caption-format references of a split, images in ``eval_item_ids`` order
     (= fairseq-generate sample id order).  Written atomically."""
     import json
@@ -150,4 +153,4 @@ def write_coco_refs(path: str, rows, info: Optional[dict] = None) -> None:
         "annotations": [{"image_id": r.item_id, "id": k, "caption": r.caption}
                         for k, r in enumerate(rows, start=1)],
     }
-    atomic_write_text(path, json.dumps(doc) + "\n")
+    atomic_write_text(path, json.dumps(doc) + "\n", made_by=made_by)

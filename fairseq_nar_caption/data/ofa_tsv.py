@@ -59,6 +59,8 @@ import tempfile
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 from ..errors import DataError
+from ..files import WRITE_ERRNOS, write_failure
+from .images import to_rgb
 
 TASKS = ("caption", "vqa", "grounding", "entailment")
 
@@ -211,7 +213,8 @@ def b64_to_image(s: str):
 
     try:
         with Image.open(io.BytesIO(_b64_bytes(s))) as im:
-            return im.convert("RGB")
+            im.load()
+            return to_rgb(im, "base64 image")
     except (UnidentifiedImageError, OSError) as e:
         raise ValueError(f"not a base64 image ({e})") from None
 
@@ -304,9 +307,17 @@ class TsvWriter:
         self.rows += 1
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        self._f.close()
-        if exc_type is None:
-            os.chmod(self._tmp, 0o644)
-            os.replace(self._tmp, self.path)
-        else:
+        try:
+            self._f.close()
+            if exc_type is None:
+                os.chmod(self._tmp, 0o644)
+                os.replace(self._tmp, self.path)
+                return
+        except OSError as e:
+            exc = e
+        if os.path.exists(self._tmp):
             os.unlink(self._tmp)
+        if isinstance(exc, OSError) and exc.errno in WRITE_ERRNOS:  # a full disk: one line, nothing written
+            raise write_failure(self.path, exc) from None
+        if exc_type is None:
+            raise exc

@@ -2,8 +2,29 @@
 
 Retrieval file (written by ``cli/retrieve.py``), JSON::
 
-    {"embedding": "<how the sentences were ranked>", "k": 20,
+    {"embedding": "<how the sentences were ranked>", "k": 20, "settings": {...},
+     "fingerprint": {...the data it was made on...},
      "items": {"<item_id>": ["best sentence", "second", ...], ...}}
+
+A retrieval file belongs to the data it was made on (this module is the one home of that
+rule, for the retrieval file and for the ranker ``.npz`` beside it):
+
+- ``data_fingerprint`` (written by ``nar-caption-retrieve``): the sha256 of the training
+  manifest (the sentence pool and the ridge fit) and of each retrieved split's manifest, and
+  for each feature store its file name, kind, item count, the (N, D) most items have, and for
+  an HDF5 file its size in bytes and its ``extractor_settings`` attribute (feature files are
+  never hashed whole: they can be tens of GB);
+- ``RetrievalFile(path, data)`` (the task's ``--retrieval-file``): the items are checked (every
+  list non-empty, every sentence text), then the fingerprint against ``data``: the training
+  manifest's sha256 is recomputed, and ``check_split`` recomputes that of a retrieved split
+  when the task loads it (a split the file was not made for must find all its items in the
+  file, ``require_items``); every retrieved sentence must be a caption of the training
+  manifest.  A file without a fingerprint (made by hand, or before fingerprints existed), a
+  manifest that differs, or a foreign sentence is one ``DataError`` naming the retrieval file,
+  the data file and the fix (run ``nar-caption-retrieve`` again on this data).
+  ``check_fingerprint`` is the same check for the ranker (``cli/retrieve.py``'s ``Ranker.load``).
+- ``retrieval_document(items, fingerprint, ...)``: the JSON object of a retrieval file, what
+  ``nar-caption-retrieve`` writes and how a test builds a file by hand.
 
 ``RetrievalDataset`` wraps a caption dataset (``CaptionDataset``, possibly inside
 ``HybridDistillDataset``) and adds ``net_input["retrieved_tokens"]`` (B x L_r, words +
@@ -27,9 +48,8 @@ condition of a second-stage (cascaded) RDT model.
 Every item of the wrapped split must have an entry; a missing item, an empty list or an
 empty sentence is a ``DataError`` naming the file and the item.
 """
-import json
 import os
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -38,28 +58,151 @@ from fairseq.data import BaseWrapperDataset, data_utils
 from .caption_dataset import base_caption_dataset, encode_caption
 from .manifest import read_manifest
 from ..errors import DataError
+from ..files import load_json, sha256_file
 
 
 TEST_CONDITIONS = ("retrieved", "random", "none")
+FINGERPRINT_FORMAT = 1
+REMAKE = "run nar-caption-retrieve again on this data (--overwrite replaces a file it did not make)"
 
 
-def load_retrieval_file(path: str) -> Dict[str, List[str]]:
-    if not os.path.isfile(path):
-        raise DataError(f"{path}: retrieval file not found (write it with python -m fairseq_nar_caption.cli.retrieve)")
+# ----------------------------------------------------------------------------- the fingerprint
+_SHA256: Dict[tuple, str] = {}
+
+
+def manifest_sha256(path: str) -> str:
+    """sha256 of a manifest, computed once per process for an unchanged file (size, mtime)."""
     try:
-        with open(path, encoding="utf-8") as f:
-            obj = json.load(f)
-    except json.JSONDecodeError as e:
-        raise DataError(f"{path}: not valid JSON: {e}") from None
-    items = obj.get("items") if isinstance(obj, dict) else None
-    if not isinstance(items, dict):
-        raise DataError(f"{path}: expected a JSON object with an 'items' mapping item id → list of sentences")
-    for item_id, sents in items.items():
-        if not isinstance(sents, list) or not sents:
-            raise DataError(f"{path}: item {item_id}: expected a non-empty list of sentences")
-        if any(not isinstance(s, str) or not s.split() for s in sents):
-            raise DataError(f"{path}: item {item_id}: empty or non-text sentence")
-    return items
+        st = os.stat(path)
+    except OSError as e:
+        raise DataError(f"{path}: manifest file not found ({e.strerror})") from None
+    key = (os.path.realpath(path), st.st_size, st.st_mtime_ns)
+    if key not in _SHA256:
+        _SHA256[key] = sha256_file(path)
+    return _SHA256[key]
+
+
+def feature_identity(store) -> dict:
+    """What identifies a feature store cheaply, without reading its values: file name, kind,
+    item count, the (N, D) most items have; for HDF5 also its size and ``extractor_settings``."""
+    from .feature_store import HDF5FeatureStore, majority_shape
+
+    shapes = [s for s in store._all_shapes() if len(s) == 2]
+    entry = {"file": os.path.basename(os.path.normpath(store.path)),
+             "kind": "hdf5" if isinstance(store, HDF5FeatureStore) else "npy"}
+    if isinstance(store, HDF5FeatureStore):
+        settings = store._file().attrs.get("extractor_settings")
+        entry.update(items=len(shapes), bytes=os.path.getsize(store.path),
+                     extractor_settings=settings.decode() if isinstance(settings, bytes) else
+                     (None if settings is None else str(settings)))
+    else:
+        entry["items"] = sum(1 for f in os.listdir(store.path) if f.endswith(".npy"))
+    entry["shape"] = list(majority_shape(shapes)) if shapes else None
+    return entry
+
+
+def data_fingerprint(data: str, splits: Sequence[str], train_split: str = "train",
+                     feature_files: str = "features.h5", key_template: str = "{}", stores=None) -> dict:
+    """The data a retrieval is made on: the manifests of ``train_split`` and of ``splits`` (sha256)
+    and the feature stores (``feature_identity``; ``stores``: already opened ones, else
+    ``feature_files`` relative to ``data``)."""
+    if stores is None:
+        from .feature_store import open_feature_store
+
+        stores = [open_feature_store(p if os.path.isabs(p) else os.path.join(data, p), key_template, None)
+                  for p in feature_files.split(",")]
+    manifests = {}
+    for split in [train_split, *splits]:
+        manifests[split] = {"file": f"{split}.tsv", "sha256": manifest_sha256(os.path.join(data, f"{split}.tsv"))}
+    return {"format": FINGERPRINT_FORMAT, "train_split": train_split, "manifests": manifests,
+            "features": [feature_identity(s) for s in stores]}
+
+
+def _valid_fingerprint(fp) -> bool:
+    if not isinstance(fp, dict) or fp.get("format") != FINGERPRINT_FORMAT:
+        return False
+    manifests = fp.get("manifests")
+    return isinstance(fp.get("train_split"), str) and isinstance(manifests, dict) and \
+        fp["train_split"] in manifests and \
+        all(isinstance(m, dict) and isinstance(m.get("sha256"), str) for m in manifests.values())
+
+
+def check_fingerprint(source: str, fp, data: str, splits: Sequence[str] = ()) -> None:
+    """``source`` (a retrieval file or its ranker) was made on ``data``: its training manifest, and
+    each of ``splits`` it was made for, hold what they held then.  One DataError otherwise."""
+    if fp is None:
+        raise DataError(f"{source}: no fingerprint of the data it was made on (made by hand or by an older "
+                        f"nar-caption-retrieve), so it cannot be told from a retrieval of other data; {REMAKE}")
+    if not _valid_fingerprint(fp):
+        raise DataError(f"{source}: malformed fingerprint (format {FINGERPRINT_FORMAT} expected); {REMAKE}")
+    train = fp["train_split"]
+    for split in dict.fromkeys([train, *splits]):
+        if split not in fp["manifests"]:
+            continue  # not retrieved for this split: the task requires every item in the file instead
+        path = os.path.join(data, f"{split}.tsv")
+        what = "training manifest (the sentence pool)" if split == train else f"{split} manifest"
+        if not os.path.isfile(path):
+            raise DataError(f"{source}: made with the {what} {split}.tsv, but {path} does not exist; {REMAKE}")
+        if manifest_sha256(path) != fp["manifests"][split]["sha256"]:
+            raise DataError(f"{source}: made on other data: {path} is not the {what} it was made with "
+                            f"(sha256 differs); {REMAKE}")
+
+
+def retrieval_document(items: Dict[str, List[str]], fingerprint: dict, k: Optional[int] = None,
+                       settings: Optional[dict] = None, embedding: Optional[str] = None) -> dict:
+    """The JSON object of a retrieval file (``nar-caption-retrieve`` writes it; tests build files
+    by hand with it): ``fingerprint`` from ``data_fingerprint``."""
+    doc = {"embedding": embedding or "given", "k": k if k is not None else max(map(len, items.values()), default=0)}
+    if settings is not None:
+        doc["settings"] = settings
+    doc.update(fingerprint=fingerprint, items=items)
+    return doc
+
+
+# ----------------------------------------------------------------------------- the retrieval file
+class RetrievalFile:
+    """A retrieval file (``--retrieval-file``) checked against the data folder it is used with
+    (``data``; None: the items only, e.g. to score the retrieved sentences)."""
+
+    def __init__(self, path: str, data: Optional[str] = None):
+        self.path, self.data = path, data
+        if not os.path.isfile(path):
+            raise DataError(f"{path}: retrieval file not found (write it with nar-caption-retrieve)")
+        obj = load_json(path, "retrieval")
+        items = obj.get("items") if isinstance(obj, dict) else None
+        if not isinstance(items, dict):
+            raise DataError(f"{path}: expected a JSON object with an 'items' mapping item id → list of sentences")
+        for item_id, sents in items.items():
+            if not isinstance(sents, list) or not sents:
+                raise DataError(f"{path}: item {item_id}: expected a non-empty list of sentences")
+            if any(not isinstance(s, str) or not s.split() for s in sents):
+                raise DataError(f"{path}: item {item_id}: empty or non-text sentence")
+        self.items: Dict[str, List[str]] = items
+        self.fingerprint = obj.get("fingerprint")
+        self.settings = obj.get("settings")
+        if data is not None:
+            check_fingerprint(path, self.fingerprint, data)
+            self.check_sentences()
+
+    def check_sentences(self) -> None:
+        """Every retrieved sentence is a caption of the training manifest (the pool it was drawn from)."""
+        train = os.path.join(self.data, f"{self.fingerprint['train_split']}.tsv")
+        captions = {r.caption for r in read_manifest(train)}
+        for item_id, sents in self.items.items():
+            foreign = [s for s in sents if s not in captions]
+            if foreign:
+                raise DataError(f"{self.path}: item {item_id}: retrieved sentence {foreign[0]!r} is not a caption "
+                                f"of {train}, so the file was not made on this data; {REMAKE}")
+
+    def check_split(self, split: str) -> None:
+        """Before the task loads ``split``: its manifest is the one the file was made for."""
+        if self.data is not None:
+            check_fingerprint(self.path, self.fingerprint, self.data, [split])
+
+
+def load_retrieval_file(path: str, data: Optional[str] = None) -> Dict[str, List[str]]:
+    """item id → retrieved sentences (``RetrievalFile``; checked against ``data`` when given)."""
+    return RetrievalFile(path, data).items
 
 
 def load_cascade_manifests(paths: List[str]) -> Dict[str, str]:

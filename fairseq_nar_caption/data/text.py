@@ -5,7 +5,11 @@
   whitespace.
 - ``pos_tag_captions``: Penn Treebank tags from NLTK's averaged-perceptron tagger
   (the tags of the ``pos`` manifest column).
-- ``build_dictionary``: a fairseq ``dict.txt`` from the TRAIN captions.
+- ``build_dictionary``: a fairseq ``dict.txt`` from the TRAIN captions;
+  ``read_dictionary``: the entries of a ``dict.txt``, every line checked as fairseq reads it
+  (``<word> <count> [#fairseq:overwrite]``): a line without its count, a repeated word, a blank
+  line or a tab is one DataError naming the file and the line (a leading byte-order mark is
+  accepted); ``load_dictionary``: those entries as a fairseq ``Dictionary``.
 """
 from __future__ import annotations
 
@@ -14,9 +18,10 @@ import os
 import re
 import string
 from collections import Counter
-from typing import Iterable, List, Sequence, Tuple
+from typing import Iterable, List, Optional, Sequence, Tuple
 
-from ..files import atomic_write_text
+from ..errors import DataError
+from ..files import atomic_write_text, read_text
 from ..errors import DataError
 
 # ASCII punctuation is deleted outright (so "t-shirt" -> "tshirt", "man's" -> "mans");
@@ -61,7 +66,8 @@ def pos_tag_captions(captions: Sequence[Sequence[str]]) -> List[List[str]]:
     return tags
 
 
-def build_dictionary(captions: Iterable[str], path: str, min_count: int = 1) -> List[Tuple[str, int]]:
+def build_dictionary(captions: Iterable[str], path: str, min_count: int = 1,
+                     made_by: Optional[str] = None) -> List[Tuple[str, int]]:
     """Write a fairseq ``dict.txt`` ("word count" per line) from TRAIN captions.
 
     Words are counted over the whitespace-split (already normalised) captions,
@@ -75,5 +81,53 @@ def build_dictionary(captions: Iterable[str], path: str, min_count: int = 1) -> 
     entries = sorted(((w, c) for w, c in counts.items() if c >= min_count), key=lambda wc: (-wc[1], wc[0]))
     if not entries:
         raise DataError(f"{path}: no words occur at least {min_count} time(s) in the training captions")
-    atomic_write_text(path, "".join(f"{w} {c}\n" for w, c in entries))
+    atomic_write_text(path, "".join(f"{w} {c}\n" for w, c in entries), made_by=made_by)
     return entries
+
+
+OVERWRITE_FLAG = "#fairseq:overwrite"
+
+
+def read_dictionary(path: str) -> List[Tuple[str, int]]:
+    """``(word, count)`` per line of a fairseq ``dict.txt``, checked line by line (module docstring)."""
+    entries: List[Tuple[str, int]] = []
+    first: dict = {}
+    for lineno, line in enumerate(read_text(path, "dictionary").splitlines(), start=1):
+        where = f"{path}:{lineno}"
+        text = line.rstrip()
+        if not text:
+            raise DataError(f"{where}: blank line; every line is '<word> <count>'")
+        if "\t" in text:
+            raise DataError(f"{where}: {line!r} holds a tab; fairseq separates '<word> <count>' by one space")
+        parts = text.rsplit(" ", 1)
+        overwrite = len(parts) == 2 and parts[1] == OVERWRITE_FLAG
+        if overwrite:
+            parts = parts[0].rsplit(" ", 1)
+        if len(parts) != 2 or not parts[0]:
+            raise DataError(f"{where}: {line!r} is not '<word> <count>' (the count is missing)")
+        word, count = parts
+        try:
+            n = int(count)
+        except ValueError:
+            raise DataError(f"{where}: {line!r}: the count {count!r} is not an integer") from None
+        if word in first and not overwrite:
+            raise DataError(f"{where}: the word {word!r} repeats line {first[word]} (mark a deliberate repeat "
+                            f"with '{OVERWRITE_FLAG}')")
+        first.setdefault(word, lineno)
+        entries.append((word, n))
+    if not entries:
+        raise DataError(f"{path}: dictionary has no words")
+    return entries
+
+
+def load_dictionary(path: str):
+    """A fairseq ``Dictionary`` of a checked ``dict.txt`` (fairseq's special symbols first, as
+    ``Dictionary.load`` gives)."""
+    import io
+
+    from fairseq.data import Dictionary
+
+    read_dictionary(path)
+    d = Dictionary()
+    d.add_from_file(io.StringIO(read_text(path, "dictionary")))
+    return d

@@ -10,7 +10,8 @@ from typing import Dict, List, Optional, Sequence
 
 from .feature_store import format_key, open_feature_store
 from .manifest import CaptionRow, write_coco_refs, write_manifest
-from ..errors import DataError
+from ..errors import DataError, OutputError
+from ..files import check_output, check_writable_folder
 from .text import build_dictionary, pos_tag_captions
 
 SPLITS = ("train", "val", "test")
@@ -50,19 +51,36 @@ def _eval_order(captions: List[str], max_words: int) -> List[str]:
     return captions
 
 
+def corpus_files(out: str) -> List[str]:
+    """The files ``write_video_corpus`` writes into ``out``."""
+    return [os.path.join(out, n) for n in ["dict.txt"] + [f"{s}.tsv" for s in SPLITS]
+            + [f"{s}_refs.json" for s in ("val", "test")]]
+
+
 def write_video_corpus(out: str, splits: Dict[str, List[Video]], source: str, min_count: int,
-                       max_words: int, feature_files: Sequence[str] = (), name: str = "") -> dict:
+                       max_words: int, feature_files: Sequence[str] = (), name: str = "",
+                       command: str = "", overwrite: bool = False, inputs: Sequence[str] = ()) -> dict:
     """Write manifests, ``dict.txt`` and references of a video corpus into ``out``.
 
     ``splits`` maps train/val/test to videos with normalised captions; ``source``
     names the annotation file(s) in errors.  Over-long training captions are
     dropped, training words below ``min_count`` become ``<unk>`` (see the module
-    docstring).  Returns the counts that ``format_summary`` prints.
+    docstring).  Before any work, each output is checked (``files.check_output``): none of
+    ``inputs`` or ``feature_files``, and an existing file is replaced only when ``command`` (the
+    preparation script) made it or ``overwrite``.  Returns the counts that ``format_summary`` prints.
     """
     for split in SPLITS:
         if not splits.get(split):
             raise DataError(f"{source}: no {split} videos")
     check_features(feature_files, [v.item_id for split in SPLITS for v in splits[split]])
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise OutputError(f"{out}: not a folder")
+    if os.path.isdir(out):
+        for path in corpus_files(out):
+            check_output(path, command or name, inputs=list(inputs) + list(feature_files), overwrite=overwrite)
+    else:
+        check_writable_folder(os.path.dirname(os.path.abspath(out)), out)
+        os.makedirs(out)
 
     # (video, caption) pairs per split: training drops over-long captions
     pairs: Dict[str, List[tuple]] = {}
@@ -72,9 +90,9 @@ def write_video_corpus(out: str, splits: Dict[str, List[Video]], source: str, mi
     tags = iter(pos_tag_captions([c.split() for split in SPLITS for _, c in pairs[split]]))
     tagged = {split: [(v, c, " ".join(next(tags))) for v, c in pairs[split]] for split in SPLITS}
 
-    os.makedirs(out, exist_ok=True)
+    made_by = command or name
     vocab = {w for w, _ in build_dictionary((c for _, c in pairs["train"]), os.path.join(out, "dict.txt"),
-                                            min_count=min_count)}
+                                            min_count=min_count, made_by=made_by)}
     unk_captions = unk_tokens = 0
     rows: Dict[str, List[CaptionRow]] = {split: [] for split in SPLITS}
     for v, c, pos in tagged["train"]:
@@ -86,10 +104,11 @@ def write_video_corpus(out: str, splits: Dict[str, List[Video]], source: str, mi
     for split in ("val", "test"):
         rows[split] = [CaptionRow(v.item_id, c, pos, v.category) for v, c, pos in tagged[split]]
     for split in SPLITS:
-        write_manifest(os.path.join(out, f"{split}.tsv"), rows[split])
+        write_manifest(os.path.join(out, f"{split}.tsv"), rows[split], made_by=made_by)
     for split in ("val", "test"):
         write_coco_refs(os.path.join(out, f"{split}_refs.json"), rows[split],
-                        info={"description": f"{name} {split} references (normalised captions)".strip()})
+                        info={"description": f"{name} {split} references (normalised captions)".strip()},
+                        made_by=made_by)
 
     train_ids = {r.item_id for r in rows["train"]}
     return {

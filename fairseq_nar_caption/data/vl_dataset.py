@@ -36,6 +36,7 @@ from ..evaluation.vl_metrics import parse_ofa_answers
 from .caption_dataset import SourceTargetSizes
 from ..errors import DataError
 from .ofa_tsv import ENTAILMENT_LABELS, OFA_COLUMNS, image_size, iter_ofa_tsv, parse_box_field, split_captions
+from .images import to_rgb
 
 IMAGE_CHECKS = ("full", "lazy")
 
@@ -91,7 +92,8 @@ class ImageLoader:
                 img = Image.open(p)
             else:
                 img = Image.open(io.BytesIO(base64.urlsafe_b64decode(image + "=" * (-len(image) % 4))))
-            return img.convert("RGB")
+            img.load()
+            return to_rgb(img, where)
         except DataError:
             raise
         except Exception as e:

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from typing import Dict, Iterable, List, Mapping, Sequence, Tuple
+from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import pycocoevalcap.spice
@@ -64,6 +64,7 @@ def coco_scores(
     spice: str = "auto",
     metrics: Iterable[str] = METRICS,
     require_all_refs: bool = True,
+    progress: Optional[Callable[[str], object]] = None,
 ) -> Dict[str, object]:
     """Corpus-level COCO caption metrics of ``hyps`` against ``refs``.
 
@@ -78,6 +79,8 @@ def coco_scores(
             to avoid METEOR's ~15 s JVM start).
         require_all_refs: every reference item must have a hypothesis (default).
             With False, items without a hypothesis are left out of the scoring.
+        progress: called with the name of each step as it starts ("tokenise", then each
+            metric; ``scoring_steps`` lists them), for a progress bar.
 
     Returns:
         ``{"Bleu_1": .., "Bleu_2": .., "Bleu_3": .., "Bleu_4": .., "METEOR": ..,
@@ -118,25 +121,41 @@ def coco_scores(
     if shutil.which("java") is None:
         raise MetricUnavailable("pycocoevalcap needs `java` (Java 8+) on PATH for tokenisation and METEOR")
 
+    step = progress or (lambda name: None)
+    step("tokenise")
     gts, res = _tokenize(refs, hyps)
 
     scores: Dict[str, object] = {}
-    if "Bleu" in metrics:
+    for name in [m for m in METRICS if m in metrics] + (["SPICE"] if run_spice else []):
+        step(name)
+        scores.update(_metric(name, gts, res))
+    scores["skipped"] = skipped
+    return scores
+
+
+def scoring_steps(metrics: Iterable[str] = METRICS, spice: str = "auto") -> List[str]:
+    """The steps ``coco_scores`` reports to ``progress``, in order."""
+    run_spice = spice != "off" and not missing_spice_jars()
+    return ["tokenise"] + [m for m in METRICS if m in metrics] + (["SPICE"] if run_spice else [])
+
+
+def _metric(name: str, gts, res) -> Dict[str, float]:
+    scores: Dict[str, float] = {}
+    if name == "Bleu":
         bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)
         scores.update({f"Bleu_{n}": float(b) for n, b in enumerate(bleu, start=1)})
-    if "METEOR" in metrics:
+    elif name == "METEOR":
         # One METEOR JVM for the whole set; it is shut down when ``meteor`` is collected.
         meteor = Meteor()
         scores["METEOR"] = float(meteor.compute_score(gts, res)[0])
-    if "ROUGE_L" in metrics:
+    elif name == "ROUGE_L":
         scores["ROUGE_L"] = float(Rouge().compute_score(gts, res)[0])
-    if "CIDEr-D" in metrics:
+    elif name == "CIDEr-D":
         scores["CIDEr-D"] = float(Cider().compute_score(gts, res)[0])
-    if run_spice:
+    elif name == "SPICE":
         from pycocoevalcap.spice.spice import Spice  # imported here: only used with its jars present
 
         scores["SPICE"] = float(Spice().compute_score(gts, res)[0])
-    scores["skipped"] = skipped
     return scores
 
 

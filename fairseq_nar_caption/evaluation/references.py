@@ -126,7 +126,8 @@ def map_sample_ids(samples: Dict[int, str], item_ids: Sequence[str], source: str
     if out_of_range:
         raise DataError(
             f"{source}: {len(out_of_range)} sample id(s) outside the {len(item_ids)} evaluation items, "
-            f"e.g. {out_of_range[:5]} (wrong manifest or reference file?)"
+            f"e.g. {out_of_range[:5]}: the manifest or reference file lacks items of the decoded split "
+            f"(wrong file?)"
         )
     return {item_ids[s]: samples[s] for s in sorted(samples)}
 
@@ -155,12 +156,34 @@ def check_sample_order(targets: Dict[int, str], item_ids: Sequence[str], referen
                        source: str, order_from: str) -> None:
     """Refuse an evaluation order under which fairseq-generate's targets are not the references of
     the items their sample ids map to: the hypotheses would be scored against other images."""
+    beyond = sorted(s for s in targets if s >= len(item_ids))
+    if beyond:
+        raise DataError(f"{source}: samples up to {beyond[-1]} were decoded, {order_from} holds only {len(item_ids)} "
+                        f"items: it lacks items of the decoded split (references missing an image?); give the "
+                        f"decoded split's references, or --manifest <split>.tsv")
     wrong = [(s, t) for s, t in sorted(targets.items())
              if 0 <= s < len(item_ids) and item_ids[s] in references
              and not any(_same_caption(t, r) for r in references[item_ids[s]])]
     if wrong:
-        s, t = wrong[0]
+        def owner(t):
+            return next((k for k, i in enumerate(item_ids) if any(_same_caption(t, r) for r in references.get(i, ()))),
+                        None)
+
+        owners = [(s, t, owner(t)) for s, t in wrong]
+        # a missing item: its own target belongs to no item, every later one to an earlier item
+        earlier = [(s, t, k) for s, t, k in owners if k is not None and k < s]
+        shifted = earlier and all(k is None or k < s for s, _, k in owners)
+        s, t, k = earlier[0] if shifted else owners[0]
+        if shifted:
+            why = (f"it is a reference of item {item_ids[k]}, the {k}-th: {order_from} lacks {s - k} item(s) of the "
+                   f"decoded split before it (references missing an image?)")
+        elif k is None:
+            why = (f"it is a reference of no item of {order_from}: the references are of another split or "
+                   f"dataset than the decoded one")
+        else:
+            why = f"it is a reference of item {item_ids[k]}, the {k}-th: the references are in another order " \
+                  f"than the decoded split"
         raise DataError(
             f"{source}: sample {s}'s target {t!r} is not a reference of item {item_ids[s]}, the {s}-th item of "
-            f"{order_from} ({len(wrong)} of {len(targets)} samples disagree): the references are in another order "
-            f"than the decoded split; pass --manifest <split>.tsv of the decoded split")
+            f"{order_from} ({len(wrong)} of {len(targets)} samples disagree); {why}; pass --manifest "
+            f"<split>.tsv of the decoded split")

@@ -171,3 +171,42 @@ def check_foreign_options(cfg, own_cls, generator: str) -> None:
                 raise GeneratorError(f"--{f.name.replace('_', '-')} is an option of --generator "
                                      f"{'/'.join(cls.generators)}, "
                                      f"not of --generator {generator}")
+
+
+def check_generation_options(args) -> None:
+    """fairseq's own generation options (``--beam``, ``--max-len-a/b`` …), checked before decoding:
+    a value fairseq would turn into an assertion, an empty caption or a crash is refused by name."""
+    import math
+
+    def get(name, default=None):
+        return getattr(args, name, default)
+
+    def flag(name):
+        return "--" + name.replace("_", "-")
+
+    for name in ("beam", "nbest"):
+        if get(name) is not None and get(name) < 1:
+            raise GeneratorError(f"{flag(name)} must be >= 1, got {get(name)}")
+    if get("nbest") is not None and get("beam") is not None and get("nbest") > get("beam"):
+        raise GeneratorError(f"--nbest {get('nbest')} exceeds --beam {get('beam')}: beam search keeps --beam "
+                             f"hypotheses")
+    for name in ("max_len_a", "max_len_b", "min_len", "no_repeat_ngram_size"):
+        if get(name) is not None and get(name) < 0:
+            raise GeneratorError(f"{flag(name)} must be >= 0, got {get(name)}")
+    if get("max_len_a") == 0 and get("max_len_b") is not None and get("max_len_b") < 1:
+        raise GeneratorError(f"--max-len-b {get('max_len_b')} with --max-len-a 0 leaves no room for a word: "
+                             f"give --max-len-b >= 1")
+    if get("max_len_a") == 0 and get("min_len", 0) and get("max_len_b") is not None \
+            and get("min_len") > get("max_len_b"):
+        raise GeneratorError(f"--min-len {get('min_len')} exceeds --max-len-b {get('max_len_b')}")
+    for name in ("lenpen", "unkpen"):
+        if get(name) is not None and not math.isfinite(get(name)):
+            raise GeneratorError(f"{flag(name)} must be a finite number, got {get(name)}")
+    if get("temperature") is not None and not get("temperature") > 0:
+        raise GeneratorError(f"--temperature must be > 0, got {get('temperature')}")
+    topk = get("sampling_topk")
+    if topk is not None and topk != -1 and topk < 1:
+        raise GeneratorError(f"--sampling-topk must be -1 (off) or >= 1, got {topk}")
+    topp = get("sampling_topp")
+    if topp is not None and topp != -1.0 and not 0 < topp <= 1:
+        raise GeneratorError(f"--sampling-topp must be -1 (off) or in (0, 1], got {topp}")

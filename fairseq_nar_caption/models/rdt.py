@@ -43,7 +43,7 @@ from fairseq.modules import LayerNorm
 from fairseq.modules.transformer_layer import TransformerDecoderLayerBase, TransformerEncoderLayerBase
 from torch import Tensor
 
-from ..errors import DataError
+from ..errors import DataError, OptionError
 from .ar_caption import CaptionEncoderDecoderModel, CaptionModelConfig, resolve_feature_dim, transformer_config
 from .modules.bits import codebook, num_bits, predict_x0
 from .modules.feature_encoder import CaptionEncoderBase
@@ -59,7 +59,7 @@ def log_snr_gamma(t: Tensor, schedule: str = "cosine") -> Tensor:
         return torch.log((c.pow(-2) - 1).clamp(min=1e-5))
     if schedule == "linear":  # −(−log(expm1(1e-4 + 10 t²)))
         return torch.log(torch.expm1(1e-4 + 10 * t * t))
-    raise ValueError(f"unknown noise schedule {schedule!r} (cosine, linear)")
+    raise OptionError(f"unknown noise schedule {schedule!r} (cosine, linear)")
 
 
 def alpha_sigma(gamma: Tensor) -> Tuple[Tensor, Tensor]:
@@ -262,8 +262,8 @@ class RDTModel(CaptionEncoderDecoderModel):
         if too_long:
             i = too_long[0]
             name = item_ids[i] if item_ids is not None else i
-            raise ValueError(f"{what} of item {name}: {int(n[i])} tokens (words + </s>) do not fit "
-                             f"--seq-len {self.seq_len}")
+            raise DataError(f"{what} of item {name}: {int(n[i])} tokens (words + </s>) do not fit "
+                            f"--seq-len {self.seq_len}: raise --seq-len or drop longer captions")
         out = tokens.masked_fill(tokens.eq(self.pad), self.eos)[:, : self.seq_len]
         if out.size(1) < self.seq_len:
             out = torch.cat([out, out.new_full((out.size(0), self.seq_len - out.size(1)), self.eos)], dim=1)

@@ -28,20 +28,28 @@ from fairseq.dataclass import FairseqDataclass
 from fairseq.dataclass.configs import GenerationConfig
 from fairseq.tasks import FairseqTask
 
-from ..errors import DataError
+from ..data.text import load_dictionary
+from ..errors import DataError, OptionError
 from ..generators import (GeneratorContext, GeneratorError, RuledSequenceGenerator, banned_symbols,
                           build_caption_generator, check_model_generator)
 from ..generators.base import RESERVED_SYMBOLS
-from ..generators.options import check_foreign_options
+from ..generators.options import check_foreign_options, check_generation_options
 
 def load_dictionary_with(path: str, extra_symbols=()) -> Dictionary:
     """``dict.txt`` + ``extra_symbols`` + the reserved symbols, in that order."""
-    if not os.path.isfile(path):
-        raise DataError(f"{path}: dictionary not found")
-    d = Dictionary.load(path)
+    d = load_dictionary(path)
     for sym in list(extra_symbols) + list(RESERVED_SYMBOLS):
         d.add_symbol(sym)
     return d
+
+
+def check_ranges(cfg, lower_bounds) -> None:
+    """Each ``(option, low)``: the task option is at least ``low`` (checked when the task is set up,
+    before any data is read); else one OptionError naming it."""
+    for name, low in lower_bounds:
+        value = getattr(cfg, name)
+        if value is not None and value < low:
+            raise OptionError(f"--{name.replace('_', '-')} must be >= {low}, got {value}")
 
 
 @dataclass
@@ -66,6 +74,9 @@ class CaptionTaskBase(FairseqTask):
         raise NotImplementedError
 
     def get_batch_iterator(self, dataset, **kwargs):
+        for name, flag in (("max_sentences", "--batch-size"), ("max_tokens", "--max-tokens")):
+            if kwargs.get(name) is not None and kwargs[name] < 1:
+                raise OptionError(f"{flag} must be >= 1, got {kwargs[name]}")
         if self.is_evaluation_dataset(dataset):
             kwargs["required_batch_size_multiple"] = 1
         return super().get_batch_iterator(dataset, **kwargs)
@@ -171,6 +182,7 @@ class CaptionTaskBase(FairseqTask):
     def build_generator(self, models, args, seq_gen_cls=None, extra_gen_cls_kwargs=None,
                         prefix_allowed_tokens_fn=None):
         name = self.cfg.generator
+        check_generation_options(args)
         if name != "sequence":
             return build_caption_generator(name, models, self.target_dictionary, self.cfg, args,
                                            self.generator_context())

@@ -36,11 +36,11 @@ from ..data.feature_store import MultiModalFeatures, open_feature_store
 from ..data.frame_sampling import FrameSampledStore
 from ..data.hybrid_distill import HybridDistillDataset
 from ..data.manifest import read_manifest
-from ..errors import DataError
-from ..data.retrieval import RetrievalDataset, load_cascade_manifests, load_retrieval_file
+from ..errors import DataError, OptionError
+from ..data.retrieval import RetrievalDataset, RetrievalFile, load_cascade_manifests
 from ..generators.base import RESERVED_SYMBOLS  # noqa: F401  (re-exported: tests and scripts import it here)
 from ..generators.options import DecodingConfig
-from .base import CaptionTaskBase, EvalCiderConfig, load_dictionary_with
+from .base import CaptionTaskBase, EvalCiderConfig, check_ranges, load_dictionary_with
 
 logger = logging.getLogger(__name__)
 
@@ -94,6 +94,10 @@ class CaptioningTask(CaptionTaskBase):
 
     def __init__(self, cfg: CaptioningConfig, dictionary):
         super().__init__(cfg)
+        check_ranges(cfg, [("feature_max_abs", 0), ("frames_per_video", 0), ("max_source_positions", 1),
+                           ("max_target_positions", 2), ("retrieval_topk", 1), ("retrieval_test_rank", 0)])
+        if not 0 <= cfg.retrieval_gt_prob <= 1:
+            raise OptionError(f"--retrieval-gt-prob must be in [0, 1], got {cfg.retrieval_gt_prob}")
         self.dictionary = dictionary
         paths = [self._path(p) for p in cfg.feature_files.split(",")]
         self.stores = [open_feature_store(p, cfg.feature_key_template, cfg.feature_max_abs or None) for p in paths]
@@ -104,7 +108,9 @@ class CaptioningTask(CaptionTaskBase):
         self.feature_dim = shapes[0][1]
         self.tokens_per_modality = [n for n, _ in shapes]
         self.retrieval_path = self._path(cfg.retrieval_file) if cfg.retrieval_file else None
-        self.retrieved = load_retrieval_file(self.retrieval_path) if self.retrieval_path else None
+        # checked against this data folder (data/retrieval.py: its fingerprint, the sentence pool)
+        self.retrieval = RetrievalFile(self.retrieval_path, cfg.data) if self.retrieval_path else None
+        self.retrieved = self.retrieval.items if self.retrieval is not None else None
         self.cascade_source = ",".join(self._path(p) for p in cfg.cascade_manifests.split(",")) \
             if cfg.cascade_manifests else ""
         self.cascade = load_cascade_manifests(self.cascade_source.split(",")) if cfg.cascade_manifests else None
@@ -135,6 +141,8 @@ class CaptioningTask(CaptionTaskBase):
         """``per`` overrides the split-name rule ("caption" | "item"), e.g. to
         decode every training item once for distillation."""
         path = os.path.join(self.cfg.data, f"{split}.tsv")
+        if getattr(self, "retrieval", None) is not None:  # the split's manifest is the one retrieved for
+            self.retrieval.check_split(split)
         training = split.startswith("train")
         ds = CaptionDataset(
             read_manifest(path), path, self.split_features(training), self.dictionary,

@@ -37,7 +37,7 @@ from ..errors import DataError
 from ..data.vl_dataset import ImageLoader, VLDataset, read_vl_tsv
 from ..generators import GeneratorContext
 from ..generators.options import DecodingConfig
-from .base import CaptionTaskBase, load_dictionary_with
+from .base import CaptionTaskBase, check_ranges, load_dictionary_with
 
 logger = logging.getLogger(__name__)
 BIN_RE = re.compile(r"<bin_(\d+)>")
@@ -84,6 +84,8 @@ class VisionLanguageTask(CaptionTaskBase):
     def setup_task(cls, cfg: VisionLanguageConfig, **kwargs):
         import sentencepiece as spm
 
+        check_ranges(cfg, [("patch_image_size", 16), ("num_bins", 2), ("max_source_positions", 1),
+                           ("max_target_positions", 2)])
         d = cls.load_dictionary(os.path.join(cfg.data, "dict.txt"), cfg.num_bins)
         path = cfg.bpe_model if os.path.isabs(cfg.bpe_model) else os.path.join(cfg.data, cfg.bpe_model)
         if not os.path.isfile(path):

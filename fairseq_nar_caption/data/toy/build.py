@@ -20,6 +20,7 @@ import h5py
 import numpy as np
 from PIL import Image
 
+from ...errors import OutputError
 from .. import manifest, text
 from . import captions, features, scenes, vl
 
@@ -79,8 +80,8 @@ def generate(out_dir: str, cfg: ToyConfig, force: bool = False, log: Callable[[s
                     log(f"{out_dir}: up to date")
                     return False
         elif not os.path.isdir(out_dir) or os.listdir(out_dir):
-            raise FileExistsError(f"{out_dir} exists but has no {STAMP} (not made by make_toy_data); "
-                                  "pass --force to replace it")
+            raise OutputError(f"{out_dir}: exists but has no {STAMP} (not made by nar-caption-toy-data); "
+                              "choose another --out, or pass --force to replace it")
     parent = os.path.dirname(os.path.abspath(out_dir))
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(os.path.abspath(out_dir))}.tmp-", dir=parent)

@@ -19,6 +19,8 @@ from fairseq.modules import FairseqDropout, LayerNorm
 from fairseq.modules.transformer_layer import TransformerEncoderLayerBase
 from torch import Tensor
 
+from ...errors import DataError
+
 
 def modality_ids(tokens_per_modality: Sequence[int], n: int, device) -> Tensor:
     """Token index → modality index, for features concatenated along time."""
@@ -80,7 +82,7 @@ class FeatureEncoder(CaptionEncoderBase):
                 **unused) -> Dict[str, List[Tensor]]:
         bsz, n, _ = features.shape
         if n > self.max_source_positions:
-            raise ValueError(f"{n} feature vectors exceed --max-source-positions {self.max_source_positions}")
+            raise DataError(f"{n} feature vectors exceed --max-source-positions {self.max_source_positions}")
         x = self.input_norm(self.input_proj(features))
         pos = torch.arange(n, device=features.device)
         x = x + self.embed_positions(pos)[None] + self.embed_modality(

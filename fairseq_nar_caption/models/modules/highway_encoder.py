@@ -17,6 +17,7 @@ from fairseq.modules import FairseqDropout, LayerNorm
 from fairseq.modules.transformer_layer import TransformerEncoderLayerBase
 from torch import Tensor
 
+from ...errors import DataError
 from .feature_encoder import CaptionEncoderBase
 
 
@@ -58,7 +59,7 @@ class HighwayFeatureEncoder(CaptionEncoderBase):
         if padding_mask is not None and not padding_mask.any():
             padding_mask = None
         if len(self.embed) > 1 and features.size(1) != sum(self.tokens_per_modality):
-            raise ValueError(f"{features.size(1)} feature vectors, expected {self.tokens_per_modality} per modality")
+            raise DataError(f"{features.size(1)} feature vectors, expected {self.tokens_per_modality} per modality")
         bounds = [0]
         for k in self.tokens_per_modality[:-1]:
             bounds.append(bounds[-1] + k)

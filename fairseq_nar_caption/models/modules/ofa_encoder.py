@@ -57,6 +57,7 @@ from fairseq.modules import FairseqDropout, LayerNorm
 from fairseq.modules.transformer_layer import TransformerEncoderLayerBase
 from torch import Tensor
 
+from ...errors import CheckpointError, DataError, OptionError
 from .feature_encoder import CaptionEncoderBase
 
 IMAGE_BUCKET_SIZE = 42  # OFA's image_bucket_size
@@ -96,7 +97,7 @@ class ResNetTrunk(nn.Module):
     def __init__(self, layers: Sequence[int], width: int = 64):
         super().__init__()
         if len(layers) != 3 or min(layers) < 1:
-            raise ValueError(f"--resnet-layers needs three positive block counts (stages 1-3), got {list(layers)}")
+            raise OptionError(f"--resnet-layers needs three positive block counts (stages 1-3), got {list(layers)}")
         self.conv1 = nn.Conv2d(3, width, 7, stride=2, padding=3, bias=False)
         self.bn1 = nn.BatchNorm2d(width)
         self.relu = nn.ReLU(inplace=True)
@@ -175,7 +176,7 @@ def build_backbone(name: str, resnet_layers: str = "1,1,1", resnet_width: int = 
         return ResNetBackbone([int(x) for x in str(resnet_layers).split(",")], resnet_width)
     if name == "efficientnet-lite0":
         return EfficientNetLite0Backbone(pretrained=pretrained, frozen=frozen)
-    raise ValueError(f"unknown --backbone {name!r}; available: resnet, efficientnet-lite0")
+    raise OptionError(f"unknown --backbone {name!r}; available: resnet, efficientnet-lite0")
 
 
 def grid_size(backbone: nn.Module, image_size: int) -> Tuple[int, int]:
@@ -214,7 +215,7 @@ class OFAEncoder(CaptionEncoderBase):
         grid = self.backbone(patch_images)  # B x C x h x w
         bsz, _, h, w = grid.shape
         if h > IMAGE_BUCKET_SIZE or w > IMAGE_BUCKET_SIZE:
-            raise ValueError(f"image grid {h}x{w} exceeds OFA's {IMAGE_BUCKET_SIZE}x{IMAGE_BUCKET_SIZE} position "
+            raise DataError(f"image grid {h}x{w} exceeds OFA's {IMAGE_BUCKET_SIZE}x{IMAGE_BUCKET_SIZE} position "
                              f"buckets: use a smaller --patch-image-size")
         x = self.image_proj(grid.flatten(2).transpose(1, 2))
         rows = torch.arange(h, device=x.device)[:, None]
@@ -228,7 +229,7 @@ class OFAEncoder(CaptionEncoderBase):
             raise ValueError("the OFA encoder needs net_input['patch_images']")
         bsz, t = src_tokens.shape
         if t > self.embed_positions.num_embeddings:
-            raise ValueError(f"{t} prompt tokens exceed the encoder's {self.embed_positions.num_embeddings} "
+            raise DataError(f"{t} prompt tokens exceed the encoder's {self.embed_positions.num_embeddings} "
                              f"text positions")
         img = self.embed_images(patch_images)
         txt = self.embed_scale * self.embed_tokens(src_tokens)
@@ -285,17 +286,17 @@ def map_ofa_encoder_state(ofa_state: Dict[str, Tensor], ours: Dict[str, Tensor],
         want = ours[ours_k].shape
         if k == "embed_positions.weight":
             if v.shape[0] < want[0] + POSITION_OFFSET or v.shape[1] != want[1]:
-                raise ValueError(f"{source}: encoder.{k} has shape {tuple(v.shape)}, need at least "
+                raise CheckpointError(f"{source}: encoder.{k} has shape {tuple(v.shape)}, need at least "
                                  f"({want[0] + POSITION_OFFSET}, {want[1]})")
             v = v[POSITION_OFFSET:POSITION_OFFSET + want[0]]
         elif k == "embed_tokens.weight" and v.shape != want:
             if allow_vocab_mismatch:
                 dropped.append(k)
                 continue
-            raise ValueError(f"{source}: encoder.{k} has {v.shape[0]} rows, our dictionary {want[0]}: the "
+            raise CheckpointError(f"{source}: encoder.{k} has {v.shape[0]} rows, our dictionary {want[0]}: the "
                              f"dictionaries differ (OFA: GPT-2 BPE + <mask> + 8192 <code_i> + <bin_i>)")
         if v.shape != want:
-            raise ValueError(f"{source}: encoder.{k} has shape {tuple(v.shape)}, ours ({ours_k}) {tuple(want)}: "
+            raise CheckpointError(f"{source}: encoder.{k} has shape {tuple(v.shape)}, ours ({ours_k}) {tuple(want)}: "
                              f"set --resnet-layers/--resnet-width/--embed-dim/--encoder-layers to the OFA size")
         mapped[ours_k] = v
     return mapped, dropped
@@ -311,7 +312,7 @@ def load_ofa_encoder(encoder: OFAEncoder, path: str, allow_vocab_mismatch: bool 
     missing = [k for k in ours if k not in mapped and not k.endswith("num_batches_tracked")
                and not (allow_vocab_mismatch and k == "embed_tokens.weight")]
     if missing:
-        raise ValueError(f"{path}: no OFA tensor for our encoder parameter(s) {', '.join(missing[:8])}"
+        raise CheckpointError(f"{path}: no OFA tensor for our encoder parameter(s) {', '.join(missing[:8])}"
                          + (" ..." if len(missing) > 8 else ""))
     encoder.load_state_dict(mapped, strict=False)
     return dropped

@@ -33,6 +33,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
+from ...errors import OptionError
+
 
 def ranked_set_sizes(n: int, lambda_f: float, lambda_e: float):
     """(number of forward keys ⌊λ_F·N⌋ (at least 1), first rank of the inverse set
@@ -62,9 +64,9 @@ class MultiheadRankingAttention(nn.Module):
                  dropout: float = 0.0):
         super().__init__()
         if embed_dim % num_heads:
-            raise ValueError(f"embed_dim {embed_dim} is not divisible by {num_heads} heads")
+            raise OptionError(f"embed_dim {embed_dim} is not divisible by {num_heads} heads")
         if not 0 < lambda_f <= 1 or not 0 <= lambda_e <= 1:
-            raise ValueError(f"need 0 < λ_F <= 1 and 0 <= λ_E <= 1, got λ_F={lambda_f}, λ_E={lambda_e}")
+            raise OptionError(f"need 0 < λ_F <= 1 and 0 <= λ_E <= 1, got λ_F={lambda_f}, λ_E={lambda_e}")
         self.embed_dim, self.num_heads, self.head_dim = embed_dim, num_heads, embed_dim // num_heads
         self.lambda_f, self.lambda_e, self.dropout = lambda_f, lambda_e, dropout
         self.q_proj = nn.Linear(embed_dim, embed_dim)  # W^q, W^k, W^v (Eq. 15)

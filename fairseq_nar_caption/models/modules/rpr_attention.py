@@ -31,6 +31,8 @@ import torch.nn.functional as F
 from fairseq.modules import MultiheadAttention
 from torch import Tensor
 
+from ...errors import OptionError
+
 IncrementalState = Dict[str, Dict[str, Optional[Tensor]]]
 
 
@@ -46,7 +48,7 @@ class RelativePositionMultiheadAttention(MultiheadAttention):
     def __init__(self, embed_dim: int, num_heads: int, window: int, dropout: float = 0.0, bias: bool = True):
         super().__init__(embed_dim, num_heads, dropout=dropout, bias=bias, self_attention=True)
         if window < 0:
-            raise ValueError(f"relative position window must be >= 0, got {window}")
+            raise OptionError(f"relative position window must be >= 0, got {window}")
         self.window = window
         if window > 0:
             self.rel_keys = nn.Embedding(2 * window + 1, self.head_dim)
