@@ -24,7 +24,7 @@ from fairseq_nar_caption.evaluation.references import (
 )
 
 REPO = Path(__file__).resolve().parents[1]
-COCO_DIR = REPO.parent / "shared" / "data" / "coco-val2014"
+COCO_DIR = REPO / "tests" / "fixtures" / "coco_caption"  # the toolkit's example (CC BY 4.0 references)
 
 # A fairseq-generate stdout excerpt: samples in batch order (3, 0, 2, 1), sample 0
 # printed with --nbest 2, sample 2 with an empty hypothesis, logging around it.
@@ -82,11 +82,15 @@ def write_toy_split(tmp_path):
 
 def test_coco_toolkit_example(monkeypatch, tmp_path):
     """The coco-caption demo's scores (EXPECTED_SCORES.txt), SPICE reported skipped without its jars."""
-    if not COCO_DIR.is_dir():
-        pytest.skip(f"{COCO_DIR} not found (the shared data folder beside the repository)")
+    import gzip
+    import shutil
+
+    for name in ("captions_val2014_fakecap_subset_refs.json", "captions_val2014_fakecap_results.json"):
+        with gzip.open(COCO_DIR / f"{name}.gz", "rb") as src, open(tmp_path / name, "wb") as dst:
+            shutil.copyfileobj(src, dst)
     monkeypatch.setattr(coco_metrics, "SPICE_DIR", str(tmp_path))  # a folder without the SPICE jars
-    refs = load_coco_refs(str(COCO_DIR / "captions_val2014_fakecap_subset_refs.json"))
-    hyps = load_coco_results(str(COCO_DIR / "captions_val2014_fakecap_results.json"))
+    refs = load_coco_refs(str(tmp_path / "captions_val2014_fakecap_subset_refs.json"))
+    hyps = load_coco_results(str(tmp_path / "captions_val2014_fakecap_results.json"))
     assert len(refs) == len(hyps) == 1000
     scores = coco_scores(refs, hyps)
     expected = {"Bleu_1": 0.579, "Bleu_2": 0.404, "Bleu_3": 0.279, "Bleu_4": 0.191,

@@ -139,9 +139,23 @@ def _drop_partial_results() -> str:
     return ""
 
 
+def _stop_workers() -> None:
+    """End this process's worker processes (a DataLoader's) before it exits at once, so that none of
+    them prints a traceback about its vanished parent."""
+    mp = sys.modules.get("multiprocessing")
+    if mp is None:
+        return
+    children = mp.active_children()
+    for child in children:
+        child.terminate()
+    for child in children:
+        child.join(timeout=2)
+
+
 def excepthook(exc_type, exc, tb) -> None:
     if exc is not None and isinstance(exc, KeyboardInterrupt):
         status = interrupt_status(exc)
+        _stop_workers()
         fresh_line = "\n" if sys.stderr.isatty() else ""
         sys.stderr.write(f"{fresh_line}{prog_name()}: {INTERRUPTED[status]}{_drop_partial_results()}\n")
         sys.stderr.flush()
