@@ -44,7 +44,7 @@ import zipfile
 
 import torch
 
-from .errors import CheckpointError, DataError
+from .errors import CheckpointError
 from .files import atomic_path
 
 logger = logging.getLogger(__name__)

@@ -11,7 +11,7 @@ Writing: every file a command writes
   takes a file (a probe file is written and removed); the output is none of the command's inputs
   (even with ``--overwrite``) and lies in none of its input folders; an existing file is replaced
   only when the same command made it (the ledger below) or ``--overwrite`` says so.
-- ``atomic_write_text`` / ``atomic_write_bytes`` / ``atomic_path``: the content goes to a temporary
+- ``atomic_write_text`` / ``atomic_write_bytes`` / ``write_json`` / ``atomic_path``: the content goes to a temporary
   file with a name unique to the process (``mkstemp``) in the output's folder and is renamed over
   the final name only when whole; any failure (a full disk, permissions, Ctrl-C, SIGTERM) removes
   the temporary file and leaves the old file, or none, in place.  Write failures (``ENOSPC``,
@@ -246,3 +246,8 @@ def atomic_write_text(path: str, text: str, made_by: Optional[str] = None) -> No
     """Write UTF-8 text via a temporary file and a rename (readers never see half a file; a failure
     leaves the old file, or none, in place)."""
     atomic_write_bytes(path, text.encode("utf-8"), made_by)
+
+
+def write_json(path: str, obj, made_by: Optional[str] = None, indent: Optional[int] = 2) -> None:
+    """``obj`` as UTF-8 JSON (``indent`` spaces; None: compact, for large files), written atomically."""
+    atomic_write_text(path, json.dumps(obj, indent=indent) + "\n", made_by)

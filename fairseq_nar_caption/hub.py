@@ -35,6 +35,7 @@ from .data.caption_dataset import collate_features
 from .data.feature_store import DEFAULT_MAX_ABS, check_feature_dtype, check_feature_values, open_feature_store
 from .data.frame_sampling import segment_frame_indices
 from .errors import DataError
+from .models.modules.extractors import extractor_from_record
 
 
 class CaptionHub:
@@ -51,20 +52,22 @@ class CaptionHub:
                 raise NotImplementedError(f"{type(task).__name__} --vl-task {getattr(task.cfg, 'vl_task', None)}: "
                                           f"the hub captions images (--vl-task caption)")
             return
-        if getattr(task, "cascade", None) is not None:
+        conditions = getattr(task, "conditions", None)
+        if conditions is not None and conditions.cascade is not None:
             raise NotImplementedError(f"{self.data}: a cascaded RDT (--cascade-manifests) needs first-stage "
                                       f"captions: decode it with fairseq-generate")
-        if getattr(task, "retrieved", None) is not None:  # RDT: condition on the top retrieved sentence
-            from .cli.retrieve import Ranker, ranker_path
+        if conditions is not None and conditions.retrieval is not None:  # RDT: the top retrieved sentence
+            from .data.ranking import Ranker, ranker_path
 
             # the ranker of this retrieval file, made on this data (data/retrieval.py's fingerprint)
-            self.ranker = Ranker.load(ranker_path(task.retrieval_path), data=task.cfg.data,
-                                      retrieval=getattr(task, "retrieval", None))
+            self.retrieval_path = conditions.retrieval_path
+            self.ranker = Ranker.load(ranker_path(self.retrieval_path), data=task.cfg.data,
+                                      retrieval=conditions.retrieval)
             mine = [os.path.basename(f) for f in task.cfg.feature_files.split(",")]
             theirs = [os.path.basename(f) for f in self.ranker.settings["feature_files"].split(",")]
             if mine != theirs or task.cfg.frames_per_video > 0:
                 raise NotImplementedError(
-                    f"{task.retrieval_path}: retrieval for new items needs the ranker fit on the model's own "
+                    f"{self.retrieval_path}: retrieval for new items needs the ranker fit on the model's own "
                     f"feature files without frame sampling ({theirs} vs {mine})")
 
     @classmethod
@@ -129,7 +132,7 @@ class CaptionHub:
         pooled = torch.from_numpy(np.stack([self.ranker.pool_array(a.numpy()) for a in arrays]))
         found = self.ranker.rank(pooled, rank + 1)
         d = task.target_dictionary
-        toks = [encode_caption(d, f[rank], task.retrieval_path, f"features[{start + k}]", task.cfg.max_target_positions,
+        toks = [encode_caption(d, f[rank], self.retrieval_path, f"features[{start + k}]", task.cfg.max_target_positions,
                                strict=False) for k, f in enumerate(found)]
         return data_utils.collate_tokens(toks, d.pad())
 
@@ -184,7 +187,7 @@ class CaptionHub:
     def extractor(self):
         if self._extractor is None:
             where, rec = self._record()
-            self._extractor = extraction.extractor_from_record(rec, where, str(self.loaded.device), self.clip_weights)
+            self._extractor = extractor_from_record(rec, where, str(self.loaded.device), self.clip_weights)
         return self._extractor
 
     def extract(self, paths: Sequence[str], media: str, batch_size: int = 16) -> List[np.ndarray]:

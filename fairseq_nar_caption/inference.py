@@ -17,6 +17,7 @@ from fairseq import checkpoint_utils, options, tasks, utils
 from fairseq.dataclass.utils import convert_namespace_to_omegaconf
 
 from .errors import OptionError
+from .generators.base import extra_models
 
 USER_DIR = os.path.dirname(os.path.abspath(__file__))
 
@@ -64,8 +65,8 @@ def load(data: str, args: Sequence[str], device: str = "cpu", fp16: bool = False
             m.half()
         m.prepare_for_inference_(cfg)
     generator = task.build_generator(models, cfg.generation)
-    for v in vars(generator).values():  # models a generator loaded itself (a NACF teacher)
-        if isinstance(v, torch.nn.Module) and not any(v is m for m in models):
+    for v in extra_models(generator):  # models a generator loaded itself (a NACF teacher)
+        if not any(v is m for m in models):
             v.eval().to(dev)
             if fp16:
                 v.half()
@@ -87,20 +88,9 @@ def to_device(sample: dict, device: torch.device, fp16: bool = False) -> dict:
     return sample
 
 
-@torch.no_grad()
-def caption_strings(task, generator, models, sample: dict) -> List[str]:
-    """Best hypothesis per sample of ``generator``, as a caption string (specials stripped)."""
-    hypos = task.inference_step(generator, models, sample)
-    strip = set(getattr(generator, "symbols_to_strip_from_output", None) or {task.target_dictionary.eos()})
-    d = task.target_dictionary
-    out = [d.string(h[0]["tokens"].int().cpu(), extra_symbols_to_ignore=strip) for h in hypos]
-    post = getattr(task, "post_process_hypothesis", None)  # e.g. sentencepiece detokenisation
-    return [post(s) for s in out] if post is not None else out
-
-
 def decode_batch(loaded: Loaded, sample: dict) -> List[str]:
     """Best hypothesis per sample, as a caption string (specials stripped)."""
-    return caption_strings(loaded.task, loaded.generator, loaded.models, sample)
+    return loaded.task.caption_strings(loaded.generator, loaded.models, sample)
 
 
 def decode_dataset(loaded: Loaded, dataset, batch_size: int = 64, max_items: Optional[int] = None,

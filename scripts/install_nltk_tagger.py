@@ -29,7 +29,7 @@ from fairseq_nar_caption.files import atomic_write_text
 
 PICKLE_NAME = "trontagger-0.1.0.pickle"
 TAGGER_DIR = os.path.join("taggers", "averaged_perceptron_tagger_eng")
-# The check from shared/ENVIRONMENT.md: the converted model must tag this exactly.
+# The converted model must tag this sentence exactly (the documented output of the original tagger).
 CHECK_WORDS = "a man is driving a jeep down the road".split()
 CHECK_TAGS = ["DT", "NN", "VBZ", "VBG", "DT", "NN", "IN", "DT", "NN"]
 

@@ -34,7 +34,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from fairseq_nar_caption.errors import DataError  # noqa: E402
 from fairseq_nar_caption.data.vl_dataset import prompt_for  # noqa: E402
-from fairseq_nar_caption.tasks.captioning import RESERVED_SYMBOLS  # noqa: E402
+from fairseq_nar_caption.data.text import RESERVED_SYMBOLS  # noqa: E402
 from fairseq_nar_caption.files import atomic_write_text  # noqa: E402
 
 SPLITS = ("train", "val", "test")

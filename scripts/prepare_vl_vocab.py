@@ -20,7 +20,7 @@ as the ``vision_language`` task lower-cases its inputs) plus OFA's prompts
 - ``vocab.json``: the arguments and text counts.
 
 OFA itself uses GPT-2's byte-level BPE (50k merges); a sentencepiece BPE trained on
-the task's own text is what this plugin's task reads (issue #5).  All outputs are
+the task's own text is what this plugin's task reads.  All outputs are
 written atomically; a missing or malformed TSV stops with the file and line.
 """
 from __future__ import annotations
@@ -35,11 +35,10 @@ from typing import Iterator, List, Optional, Sequence
 
 from fairseq_nar_caption.cli.common import error_exit
 from fairseq_nar_caption.errors import DataError
-from fairseq_nar_caption.data.ofa_tsv import TASKS, iter_ofa_tsv, split_captions
-from fairseq_nar_caption.evaluation.vl_metrics import parse_ofa_answers
+from fairseq_nar_caption.data.ofa_tsv import TASKS, iter_ofa_tsv, parse_ofa_answers, split_captions
 from fairseq_nar_caption.files import atomic_write_text
 
-from fairseq_nar_caption.tasks.captioning import RESERVED_SYMBOLS as RESERVED  # <mask> <vis> <blank>, in order
+from fairseq_nar_caption.data.text import RESERVED_SYMBOLS as RESERVED  # <mask> <vis> <blank>, in order
 
 
 def train_texts(path: str, task: str) -> Iterator[str]:

@@ -44,8 +44,8 @@ from typing import List, Optional
 from fairseq_nar_caption.cli.common import error_exit
 from fairseq_nar_caption.errors import DataError
 from fairseq_nar_caption.files import load_json
-from fairseq_nar_caption.data.ofa_tsv import OFA_COLUMNS, ImageEncoder, TsvWriter, clean_text
-from fairseq_nar_caption.evaluation.vl_metrics import answer_soft_score, format_ofa_answers, normalize_answer
+from fairseq_nar_caption.data.ofa_tsv import OFA_COLUMNS, ImageEncoder, TsvWriter, clean_text, format_ofa_answers
+from fairseq_nar_caption.evaluation.vl_metrics import answer_soft_score, normalize_answer
 from fairseq_nar_caption.files import atomic_write_text
 
 

@@ -34,7 +34,7 @@ def run_cli(cmd, timeout=600, check=True, **kwargs):
 def make_dictionary(words):
     """A fairseq Dictionary of ``words`` plus the captioning task's reserved symbols."""
     from fairseq.data import Dictionary
-    from fairseq_nar_caption.tasks.captioning import RESERVED_SYMBOLS
+    from fairseq_nar_caption.data.text import RESERVED_SYMBOLS
 
     d = Dictionary()
     for w in list(words) + list(RESERVED_SYMBOLS):

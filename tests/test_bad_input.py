@@ -455,7 +455,7 @@ def test_one_reader_one_answer_parser_one_label_list(tmp_path):
 
 
 def ofa_tsv_answers(field):
-    from fairseq_nar_caption.evaluation.vl_metrics import parse_ofa_answers
+    from fairseq_nar_caption.data.ofa_tsv import parse_ofa_answers
 
     return parse_ofa_answers(field)
 

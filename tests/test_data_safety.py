@@ -15,19 +15,10 @@ import time
 import numpy as np
 import pytest
 
-from conftest import BIN, USER_DIR, assert_one_line, digests, file_size_limit, run_cli, write_h5, write_tsv
-from test_bad_input import ONE_THREAD, generate, make_data, train
+from conftest import BIN, USER_DIR, assert_one_line, digests, file_size_limit, run_cli
+from test_bad_input import ONE_THREAD, generate, make_data, train, trained  # noqa: F401  (trained: a fixture)
 
 DISTILL = os.path.join(BIN, "nar-caption-distill")
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    root = tmp_path_factory.mktemp("safety")
-    data = make_data(str(root / "data"))
-    save = str(root / "ckpt")
-    train(data, save)
-    return data, os.path.join(save, "checkpoint_last.pt")
 
 
 @pytest.fixture(scope="module")

@@ -17,6 +17,7 @@ from conftest import BIN, USER_DIR, digests, run_cli, write_tsv
 from fairseq_nar_caption.cli import caption as caption_cli
 from fairseq_nar_caption.cli import extract as extract_cli
 from fairseq_nar_caption.data import extraction
+from fairseq_nar_caption.models.modules import extractors
 from fairseq_nar_caption.errors import DataError
 
 PHOTOS = {"grace_hopper": "a woman in a navy uniform", "china": "a temple under a blue sky",
@@ -305,11 +306,11 @@ def test_clip_backbone_from_a_local_folder(tmp_path):
     assert len(rec["settings"]["weights_sha256"]) == 64
     with h5py.File(tmp_path / "out" / "features.h5", "r") as f:
         assert f["china"].shape == (16, 32)
-    extraction.extractor_from_record(rec, "rec")  # the recorded folder rebuilds the same extractor
+    extractors.extractor_from_record(rec, "rec")  # the recorded folder rebuilds the same extractor
     torch.manual_seed(1)  # other weights in the same folder: another extractor
     CLIPVisionModel(cfg).save_pretrained(tmp_path / "clip")
     with pytest.raises(DataError, match="weights_sha256"):
-        extraction.extractor_from_record(rec, "rec")
+        extractors.extractor_from_record(rec, "rec")
 
 
 # ----------------------------------------------------------------------------- RDT
@@ -322,7 +323,7 @@ def test_rdt_captions_new_photos_conditioned_on_the_ranker(photo_model, tmp_path
     ret = tmp_path / "retrieval.json"
     retrieve.cli_main([str(data), "--splits", "train", "--k", "3", "--out", str(ret)])
     assert (tmp_path / "retrieval.ranker.npz").exists()
-    cmd = [os.path.join(BIN, "fairseq-train"), str(data), "--user-dir", USER_DIR, "--task", "rdt_captioning",
+    cmd = [os.path.join(BIN, "fairseq-train"), str(data), "--user-dir", USER_DIR, "--task", "captioning", "--generator", "diffusion",
            "--retrieval-file", str(ret), "--arch", "rdt_tiny", "--embed-dim", "32", "--ffn-embed-dim", "64",
            "--attention-heads", "2", "--criterion", "rdt_loss", "--optimizer", "adam", "--lr", "3e-3",
            "--batch-size", "8", "--required-batch-size-multiple", "1", "--num-workers", "0", "--disable-validation",
@@ -330,7 +331,7 @@ def test_rdt_captions_new_photos_conditioned_on_the_ranker(photo_model, tmp_path
            "--cpu", "--no-progress-bar"]
     run_cli(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"})
     ckpt = tmp_path / "rdt" / "checkpoint_last.pt"
-    gen = ["--task", "rdt_captioning", "--retrieval-file", str(ret), "--diffusion-steps", "3"]
+    gen = ["--task", "captioning", "--generator", "diffusion", "--retrieval-file", str(ret), "--diffusion-steps", "3"]
     out = tmp_path / "caps.json"
     caption_cli.cli_main([str(root / "photos"), "--path", str(ckpt), "--data", str(data), "--out", str(out),
                           "--", *gen])

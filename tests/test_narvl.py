@@ -16,7 +16,8 @@ import torch
 from fairseq.sequence_generator import SequenceGenerator
 
 from conftest import BIN, REPO, USER_DIR, run_cli
-from fairseq_nar_caption.criterions.query_ctc import QueryCTCCriterion, ctc_min_positions
+from fairseq_nar_caption.criterions.query_ctc import QueryCTCCriterion
+from fairseq_nar_caption.models.narvl import ctc_min_positions
 from fairseq_nar_caption.errors import DataError
 from fairseq_nar_caption.data.toy import ToyConfig, generate
 from fairseq_nar_caption.generators.ctc import collapse, prefix_beam_search

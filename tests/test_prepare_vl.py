@@ -16,7 +16,7 @@ from fairseq_nar_caption.data.ofa_tsv import (
     OFA_COLUMNS, TsvWriter, b64_to_image, image_size, parse_box_field, read_ofa_tsv, split_captions,
 )
 from fairseq_nar_caption.evaluation.references import load_coco_refs
-from fairseq_nar_caption.evaluation.vl_metrics import parse_ofa_answers
+from fairseq_nar_caption.data.ofa_tsv import parse_ofa_answers
 
 sys.path.insert(0, os.path.join(REPO, "scripts"))
 import prepare_refcoco  # noqa: E402

@@ -10,13 +10,13 @@ import pytest
 import torch
 from fairseq.data import Dictionary
 
-from fairseq_nar_caption.criterions.glancing import (GlancingConfig, ctc_best_alignment, glance_count,
-                                                     glancing_ratio, sample_glance)
+from fairseq_nar_caption.criterions.common import random_positions
+from fairseq_nar_caption.criterions.glancing import GlancingConfig, ctc_best_alignment, glance_count, glancing_ratio
 from fairseq_nar_caption.criterions.nacf_loss import NACFLoss
 from fairseq_nar_caption.criterions.query_ctc import QueryCTCCriterion
 from fairseq_nar_caption.evaluation.coco_metrics import CorpusCiderD, coco_scores
 from fairseq_nar_caption.generators.ctc import CTCGenerator, collapse
-from fairseq_nar_caption.generators.options import CTCOptions
+from fairseq_nar_caption.generators.ctc import CTCOptions
 from fairseq_nar_caption.errors import GeneratorError
 
 
@@ -44,7 +44,7 @@ def test_sample_glance_picks_exactly_count_candidates_uniformly():
     cand = torch.tensor([[True, True, False, True, True], [True, False, False, False, False]])
     hits = torch.zeros(5)
     for _ in range(2000):
-        m = sample_glance(cand, torch.tensor([2, 1]))
+        m = random_positions(cand, torch.tensor([2, 1]))
         assert m.sum(1).tolist() == [2, 1] and not (m & ~cand).any()
         hits += m[0].float()
     assert hits[2] == 0 and torch.allclose(hits[[0, 1, 3, 4]] / 2000, torch.full((4,), 0.5), atol=0.05)

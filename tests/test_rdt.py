@@ -13,6 +13,7 @@ import torch
 from fairseq.data import Dictionary
 
 from fairseq_nar_caption.cli import retrieve
+from fairseq_nar_caption.data import ranking
 from fairseq_nar_caption.criterions.rdt_loss import ranking_loss, sentence_quality
 from fairseq_nar_caption.criterions.rdt_scst import CorpusCiderD
 from fairseq_nar_caption.errors import DataError
@@ -440,7 +441,7 @@ def hand_made_retrieval(data, items):
     return retrieval_document(items, data_fingerprint(str(data), ["train", "test"]))
 
 def test_retrieval_excludes_own_captions_and_writes_top_k(tiny_data):
-    items = retrieve.retrieve(str(tiny_data), ["train", "test"], k=2)
+    items = ranking.retrieve(str(tiny_data), ["train", "test"], k=2)
     own = {"1": {"a red circle", "a red ball"}, "2": {"a blue square"}, "3": {"a blue circle"}}
     assert set(items) == {"1", "2", "3"}
     for i, sents in items.items():
@@ -451,18 +452,18 @@ def test_retrieval_excludes_own_captions_and_writes_top_k(tiny_data):
 
 
 def test_retrieval_dataset_top1_at_test_and_topk_sampling_in_training(tiny_data):
-    from fairseq_nar_caption.tasks.rdt_captioning import RDTCaptioningConfig, RDTCaptioningTask
+    from fairseq_nar_caption.tasks.captioning import CaptioningConfig, CaptioningTask
     (tiny_data / "r.json").write_text(json.dumps(hand_made_retrieval(tiny_data, {
         "1": ["a blue square", "a blue circle", "a red ball"], "2": ["a red circle", "a blue circle", "a red ball"],
         "3": ["a red ball", "a blue square", "a red circle"]})))
-    task = RDTCaptioningTask.setup_task(RDTCaptioningConfig(data=str(tiny_data), retrieval_file="r.json",
+    task = CaptioningTask.setup_task(CaptioningConfig(data=str(tiny_data), retrieval_file="r.json",
                                                             retrieval_topk=2, seed=1))
     d = task.target_dictionary
     task.load_dataset("test")
     batch = task.dataset("test").collater([task.dataset("test")[i] for i in range(2)])
     got = [d.string(r[r.ne(d.pad())]) for r in batch["net_input"]["retrieved_tokens"]]
     assert got == ["a red ball", "a red circle"]  # items 3, 2: their top-1
-    ranked = RDTCaptioningTask.setup_task(RDTCaptioningConfig(data=str(tiny_data), retrieval_file="r.json",
+    ranked = CaptioningTask.setup_task(CaptioningConfig(data=str(tiny_data), retrieval_file="r.json",
                                                               retrieval_test_rank=1))
     ranked.load_dataset("test")
     assert [d.string(ranked.dataset("test")[i]["retrieved"]) for i in range(2)] == ["a blue square", "a blue circle"]
@@ -476,13 +477,13 @@ def test_retrieval_dataset_top1_at_test_and_topk_sampling_in_training(tiny_data)
 
 
 def test_retrieval_condition_random_and_none_for_the_reliance_diagnostic(tiny_data):
-    from fairseq_nar_caption.tasks.rdt_captioning import RDTCaptioningConfig, RDTCaptioningTask
+    from fairseq_nar_caption.tasks.captioning import CaptioningConfig, CaptioningTask
     (tiny_data / "r.json").write_text(json.dumps(hand_made_retrieval(tiny_data, {
         "1": ["a blue square"], "2": ["a red circle"], "3": ["a red ball"]})))
     pool = {"a blue square", "a red circle", "a red ball"}  # every sentence of the file
     got = {}
     for cond in ("retrieved", "random", "none"):
-        task = RDTCaptioningTask.setup_task(RDTCaptioningConfig(data=str(tiny_data), retrieval_file="r.json",
+        task = CaptioningTask.setup_task(CaptioningConfig(data=str(tiny_data), retrieval_file="r.json",
                                                                 retrieval_condition=cond, seed=3))
         d = task.target_dictionary
         task.load_dataset("test")
@@ -496,7 +497,7 @@ def test_retrieval_condition_random_and_none_for_the_reliance_diagnostic(tiny_da
             assert set(got[cond]) <= pool and [d.string(ds[i]["retrieved"]) for i in range(2)] == got[cond]
             seen = set()
             for seed in range(12):  # over seeds the draw covers the pool, not just the item's own retrieval
-                other = RDTCaptioningTask.setup_task(RDTCaptioningConfig(
+                other = CaptioningTask.setup_task(CaptioningConfig(
                     data=str(tiny_data), retrieval_file="r.json", retrieval_condition=cond, seed=seed))
                 other.load_dataset("test")
                 seen.add(d.string(other.dataset("test")[0]["retrieved"]))
@@ -509,15 +510,15 @@ def test_retrieval_condition_random_and_none_for_the_reliance_diagnostic(tiny_da
 
 
 def test_missing_retrieval_item_is_one_clear_error(tiny_data):
-    from fairseq_nar_caption.tasks.rdt_captioning import RDTCaptioningConfig, RDTCaptioningTask
+    from fairseq_nar_caption.tasks.captioning import CaptioningConfig, CaptioningTask
     (tiny_data / "r.json").write_text(json.dumps(hand_made_retrieval(tiny_data, {"1": ["a red ball"],
                                                                                   "2": ["a red ball"]})))
-    task = RDTCaptioningTask.setup_task(RDTCaptioningConfig(data=str(tiny_data), retrieval_file="r.json"))
+    task = CaptioningTask.setup_task(CaptioningConfig(data=str(tiny_data), retrieval_file="r.json"))
     with pytest.raises(DataError, match=r"r\.json.*1 item\(s\).*'3'"):
         task.load_dataset("test")
     (tiny_data / "bad.json").write_text(json.dumps({"items": {"1": []}}))
     with pytest.raises(DataError, match=r"bad\.json: item 1"):
-        RDTCaptioningTask.setup_task(RDTCaptioningConfig(data=str(tiny_data), retrieval_file="bad.json"))
+        CaptioningTask.setup_task(CaptioningConfig(data=str(tiny_data), retrieval_file="bad.json"))
 
 
 def _retrieval_corpus(root, n=240, seed=0):
@@ -544,9 +545,9 @@ def _retrieval_corpus(root, n=240, seed=0):
 
 def test_retrieval_backends_and_score_blocks_agree(tmp_path):
     rows = _retrieval_corpus(tmp_path)
-    sparse = retrieve.retrieve(str(tmp_path), ["train", "test"], k=5)
-    tiny_blocks = retrieve.retrieve(str(tmp_path), ["train", "test"], k=5, block_mb=0.001)  # 262 scores a block
-    faiss = retrieve.retrieve(str(tmp_path), ["train", "test"], k=5, backend="faiss", block_mb=0.001)
+    sparse = ranking.retrieve(str(tmp_path), ["train", "test"], k=5)
+    tiny_blocks = ranking.retrieve(str(tmp_path), ["train", "test"], k=5, block_mb=0.001)  # 262 scores a block
+    faiss = ranking.retrieve(str(tmp_path), ["train", "test"], k=5, backend="faiss", block_mb=0.001)
     assert sparse == tiny_blocks == faiss and len(sparse) == 240
     own = {}
     for i, c in rows["train"]:
@@ -569,10 +570,10 @@ def test_retrieval_writes_its_settings(tmp_path):
     # the ranker saved beside it ranks new feature vectors as the file's items were ranked
     from fairseq_nar_caption.data.feature_store import open_feature_store
 
-    ranker = retrieve.Ranker.load(retrieve.ranker_path(str(tmp_path / "r.json")))
+    ranker = ranking.Ranker.load(ranking.ranker_path(str(tmp_path / "r.json")))
     store = open_feature_store(str(tmp_path / "features.h5"))
     ids = list(r["items"])
     pooled = torch.from_numpy(np.stack([ranker.pool_array(store.get(i)) for i in ids]))
     assert ranker.rank(pooled, 3) == [r["items"][i] for i in ids]
     with pytest.raises(DataError, match="ranker not found"):
-        retrieve.Ranker.load(str(tmp_path / "none.ranker.npz"))
+        ranking.Ranker.load(str(tmp_path / "none.ranker.npz"))

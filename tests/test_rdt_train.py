@@ -19,7 +19,7 @@ SIZES = ["--arch", "rdt_tiny", "--embed-dim", "64", "--ffn-embed-dim", "128", "-
 
 
 def common(data, retrieval):
-    return [str(data), "--user-dir", USER_DIR, "--task", "rdt_captioning", "--retrieval-file", str(retrieval),
+    return [str(data), "--user-dir", USER_DIR, "--task", "captioning", "--generator", "diffusion", "--retrieval-file", str(retrieval),
             "--batch-size", "32", "--num-workers", "0", "--valid-subset", "val", "--no-epoch-checkpoints", "--cpu",
             "--no-progress-bar", "--seed", "1", "--optimizer", "adam"]
 
@@ -56,7 +56,7 @@ def scores_of(data, hyps):
 
 def generate_test(data, retrieval, path, *args):
     out = run_cli([os.path.join(BIN, "fairseq-generate"), str(data), "--user-dir", USER_DIR,
-                   "--task", "rdt_captioning", "--retrieval-file", str(retrieval), "--path", str(path),
+                   "--task", "captioning", "--generator", "diffusion", "--retrieval-file", str(retrieval), "--path", str(path),
                    "--gen-subset", "test", "--batch-size", "20", "--cpu", *args], env=ONE_THREAD).stdout
     return {int(line.split("\t")[0][2:]): line.split("\t")[2] for line in out.splitlines() if line.startswith("H-")}
 
@@ -73,7 +73,7 @@ def test_tiny_rdt_beats_the_most_frequent_caption_through_fairseq_generate(train
 def test_trained_rdt_batch1_equals_batched_in_deterministic_mode(trained):
     data, retrieval, ckpt = trained
     _, batched, single = decode_batched_and_single(
-        data, ["--task", "rdt_captioning", "--retrieval-file", str(retrieval), "--path", str(ckpt),
+        data, ["--task", "captioning", "--generator", "diffusion", "--retrieval-file", str(retrieval), "--path", str(ckpt),
                "--diffusion-steps", "5", "--cpu"], max_items=10)
     assert single == {i: batched[i] for i in single}
     assert len(set(batched.values())) > 5  # captions depend on the image
@@ -81,7 +81,7 @@ def test_trained_rdt_batch1_equals_batched_in_deterministic_mode(trained):
 
 def test_guided_scst_and_a_cascade_through_fairseq_train(trained, tmp_path):
     data, retrieval, ckpt = trained
-    gen = ["--", "--task", "rdt_captioning", "--retrieval-file", str(retrieval), "--diffusion-steps", "5"]
+    gen = ["--", "--task", "captioning", "--generator", "diffusion", "--retrieval-file", str(retrieval), "--diffusion-steps", "5"]
     # the "teacher" captions: any model's one caption per item (here the stage-1 RDT itself)
     distill.cli_main([str(data), "--path", str(ckpt), "--out-split", "train_distill", *gen])
     distill.cli_main([str(data), "--path", str(ckpt), "--split", "val", "--out-split", "val_stage1", *gen])

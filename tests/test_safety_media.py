@@ -23,6 +23,7 @@ from conftest import BIN, assert_one_line, digests, file_size_limit, run_cli, wr
 from fairseq_nar_caption.cli import caption as caption_cli
 from fairseq_nar_caption.cli import extract as extract_cli
 from fairseq_nar_caption.data import extraction, images
+from fairseq_nar_caption.models.modules import extractors
 from fairseq_nar_caption.errors import DataError
 
 EXTRACT = os.path.join(BIN, "nar-caption-extract")
@@ -182,7 +183,7 @@ def test_16_bit_png_is_scaled_to_8_bits_not_white(tmp_path):
         Image.new(mode, (4, 4)).save(tmp_path / f"m.{'jpg' if mode in ('CMYK', 'YCbCr') else 'png'}")
         assert extraction.load_image(str(tmp_path / f"m.{'jpg' if mode in ('CMYK', 'YCbCr') else 'png'}")).mode == "RGB"
     # the backbone sees the 16-bit picture as its 8-bit equivalent
-    ex = extraction.EfficientNetExtractor(32)
+    ex = extractors.EfficientNetExtractor(32)
     g16, _ = ex([extraction.load_image(str(tmp_path / "g16.png"))])
     g8, _ = ex([Image.fromarray(expected).convert("RGB")])
     assert np.array_equal(g16.numpy(), g8.numpy())

@@ -18,6 +18,7 @@ import pytest
 
 from conftest import BIN, USER_DIR, assert_one_line, digests, file_size_limit, run_cli, write_h5, write_tsv
 from fairseq_nar_caption.cli import retrieve
+from fairseq_nar_caption.data import ranking
 from fairseq_nar_caption.data.retrieval import RetrievalFile, data_fingerprint, retrieval_document
 from fairseq_nar_caption.errors import DataError
 
@@ -72,7 +73,7 @@ def test_retrieval_of_another_dataset_with_the_same_ids_is_refused(two_datasets,
     a, b = two_datasets
     ret = str(tmp_path / "ra.json")
     retrieve.main([a, "--k", "3", "--out", ret, "--no-progress"])
-    made = [ret, retrieve.ranker_path(ret)]
+    made = [ret, ranking.ranker_path(ret)]
     doc = json.loads(open(ret).read())
     assert set(doc["fingerprint"]["manifests"]) == {"train", "val", "test"}
     assert doc["fingerprint"]["features"] == [{"file": "features.h5", "kind": "hdf5", "items": 36, "shape": [4, 6],
@@ -92,16 +93,16 @@ def test_retrieval_of_another_dataset_with_the_same_ids_is_refused(two_datasets,
                           f"manifest") and REMAKE in msg and "\n" not in msg, msg
     # the hub's ranker: the same check, and it must belong to the retrieval file beside it
     with pytest.raises(DataError, match=f"made on other data: {os.path.join(b, 'train.tsv')}"):
-        retrieve.Ranker.load(retrieve.ranker_path(ret), data=b)
-    retrieve.Ranker.load(retrieve.ranker_path(ret), data=a, retrieval=RetrievalFile(ret, a))
+        ranking.Ranker.load(ranking.ranker_path(ret), data=b)
+    ranking.Ranker.load(ranking.ranker_path(ret), data=a, retrieval=RetrievalFile(ret, a))
     other = str(tmp_path / "ridge2.json")
     retrieve.main([a, "--k", "3", "--ridge", "2", "--out", other, "--no-progress"])
     with pytest.raises(DataError, match=f"not the ranker of {other}"):
-        retrieve.Ranker.load(retrieve.ranker_path(ret), data=a, retrieval=RetrievalFile(other, a))
+        ranking.Ranker.load(ranking.ranker_path(ret), data=a, retrieval=RetrievalFile(other, a))
 
     # through the command line: fairseq-train of an RDT model on B with A's file, one line, nothing made
     save = tmp_path / "ckpt"
-    p = run_cli([os.path.join(BIN, "fairseq-train"), b, "--user-dir", USER_DIR, "--task", "rdt_captioning",
+    p = run_cli([os.path.join(BIN, "fairseq-train"), b, "--user-dir", USER_DIR, "--task", "captioning", "--generator", "diffusion",
                  "--retrieval-file", ret, "--arch", "rdt_tiny", "--criterion", "rdt_loss", "--optimizer", "adam",
                  "--lr", "1e-3", "--max-update", "1", "--batch-size", "4", "--cpu", "--no-progress-bar",
                  "--save-dir", save], check=False, env=ONE_THREAD, timeout=300)
@@ -149,11 +150,11 @@ def test_retrieval_without_fingerprint_or_with_foreign_sentences_is_refused(tmp_
     np.savez(ranker, mean=np.zeros(6, "float32"), std=np.ones(6, "float32"), w=np.zeros((7, 3), "float32"),
              sentences=np.array(train[:3]), settings=np.array(json.dumps({"pooling": "mean"})))
     with pytest.raises(DataError, match=f"{ranker}: no fingerprint"):
-        retrieve.Ranker.load(str(ranker), data=a)
+        ranking.Ranker.load(str(ranker), data=a)
     assert digests(*inputs_of(a), old) == before
     # the command line: a fingerprint-less file, one line exit 1 (an RDT model's data load)
     save = tmp_path / "ckpt"
-    p = run_cli([os.path.join(BIN, "fairseq-train"), a, "--user-dir", USER_DIR, "--task", "rdt_captioning",
+    p = run_cli([os.path.join(BIN, "fairseq-train"), a, "--user-dir", USER_DIR, "--task", "captioning", "--generator", "diffusion",
                  "--retrieval-file", old, "--arch", "rdt_tiny", "--criterion", "rdt_loss", "--optimizer", "adam",
                  "--lr", "1e-3", "--max-update", "1", "--batch-size", "4", "--cpu", "--no-progress-bar",
                  "--save-dir", save], check=False, env=ONE_THREAD, timeout=300)
@@ -235,7 +236,7 @@ def test_two_runs_into_one_output_leave_one_whole_file(tmp_path):
     doc = json.loads((out / "r.json").read_text())
     assert len(doc["items"]) == 36 and doc["fingerprint"]["train_split"] == "train"
     RetrievalFile(str(out / "r.json"), a)
-    retrieve.Ranker.load(str(out / "r.ranker.npz"), data=a, retrieval=RetrievalFile(str(out / "r.json"), a))
+    ranking.Ranker.load(str(out / "r.ranker.npz"), data=a, retrieval=RetrievalFile(str(out / "r.json"), a))
     assert digests(*inputs_of(a)) == before
 
 

@@ -6,9 +6,8 @@ import random
 import pytest
 import torch
 
-from fairseq_nar_caption.data.boxes import (
-    bin_index, bin_symbol, decode_box_ctc, dequantize_box, iou, parse_box_tokens, quantize_box,
-)
+from fairseq_nar_caption.data.boxes import bin_index, bin_symbol, dequantize_box, iou, parse_box_tokens, quantize_box
+from fairseq_nar_caption.generators.ctc import decode_box_ctc
 
 NEG = -20.0  # log-prob of "impossible" entries in the hand-made frames
 

@@ -3,10 +3,8 @@ import itertools
 
 import pytest
 
-from fairseq_nar_caption.evaluation.vl_metrics import (
-    accuracy, answer_soft_score, format_ofa_answers, grounding_hits, normalize_answer, parse_ofa_answers,
-    vqa_score,
-)
+from fairseq_nar_caption.data.ofa_tsv import format_ofa_answers, parse_ofa_answers
+from fairseq_nar_caption.evaluation.vl_metrics import accuracy, answer_soft_score, grounding_hits, normalize_answer, vqa_score
 
 
 def test_parse_ofa_answers():

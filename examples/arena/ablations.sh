@@ -3,7 +3,7 @@
 # papers' configuration, same teacher, same distillation, same 600 updates (RDT 900), one seed.
 #   bash examples/arena/ablations.sh        (after `BENCH=0 bash examples/arena/full.sh images`, which
 #                                            trains the AR teacher, its distillation and the retrieval file)
-# Trains into $RUN/<name> (two at a time, one thread each), then one interleaved benchmark of all rows:
+# Trains into $RUN/ab_<name> (two at a time, one thread each), then one interleaved benchmark of all rows:
 # $RUN/ablations.{md,json,png}.  Every model is selected by validation CIDEr-D (--eval-cider).
 #   narvl_paper  Query-CTC                        narvl_glat  + glancing (--glat-ratio 0.5)
 #   nacf_paper   NACF as in the paper             nacf_pos    + --scale-positions     nacf_glat  + glancing
@@ -12,31 +12,27 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 export PATH="$PWD/.venv/bin:$PATH" OMP_NUM_THREADS=1
+source examples/lib.sh  # train, step, the shared flags
 DATA=${DATA:-data/toy/images}; RUN=${RUN:-runs/arena_images}; UPD=${UPD:-600}; SEED=${SEED:-1}
 AR=$RUN/ar/checkpoint_best.pt; KD=train_distill_$(basename "$RUN"); RET="$(cd "$RUN" && pwd)/retrieval.json"
 [ -f "$AR" ] && [ -f "$DATA/$KD.tsv" ] && [ -f "$RET" ] || { echo "run examples/arena/full.sh images first" >&2; exit 1; }
 SIZE=${SIZE:---embed-dim 256 --ffn-embed-dim 1024 --attention-heads 4 --encoder-layers 2 --decoder-layers 2}
 NAR_UPDATES=$UPD; RDT_UPDATES=$(( UPD * 3 / 2 )); FEATS=
-source examples/arena/recipe.sh  # COMMON OPT SELECT NAR_OPT and each paradigm's flags
-COMMON="$COMMON --seed $SEED"; DIS="--train-subset $KD"
+source examples/arena/recipe.sh  # COMMON NAR_OPT and each paradigm's flags
+DIS="--train-subset $KD"
 NACF="$NACF_FLAGS --length-beam 3 $DIS"
-mkdir -p "$RUN/logs"
-t() {  # t NAME ARGS...: train unless finished
-  local name=$1; shift
-  grep -qs "done training" "$RUN/logs/ab_$name.log" && { echo "== $name: trained"; return 0; }
-  echo "== [$(date +%T)] train $name (log: $RUN/logs/ab_$name.log)"
-  fairseq-train "$DATA" --user-dir fairseq_nar_caption $COMMON --save-dir "$RUN/ab_$name" "$@" > "$RUN/logs/ab_$name.log" 2>&1
-}
-t narvl_paper $NARVL_FLAGS $DIS & t narvl_glat $NARVL_FLAGS --glat-ratio 0.5 $DIS & wait
-t nacf_paper $NACF & t nacf_pos $NACF --scale-positions & wait
-t nacf_glat $NACF --scale-positions --glat-ratio 0.5 &
-t saic $SAIC_FLAGS --group-size 2 $DIS & wait
-t rdt $RDT_FLAGS $DIS
+# train NAME ARGS... (examples/lib.sh): into $RUN/NAME, log in $RUN/logs/NAME.log, unless finished
+TRAIN="$COMMON --seed $SEED"; TRAIN_LOGS=$RUN/logs; VALID_LINES=1; CLOCK=1; mkdir -p "$RUN/logs"
+train ab_narvl_paper $NARVL_FLAGS $DIS & train ab_narvl_glat $NARVL_FLAGS --glat-ratio 0.5 $DIS & wait
+train ab_nacf_paper $NACF & train ab_nacf_pos $NACF --scale-positions & wait
+train ab_nacf_glat $NACF --scale-positions --glat-ratio 0.5 &
+train ab_saic $SAIC_FLAGS --group-size 2 $DIS & wait
+train ab_rdt $RDT_FLAGS $DIS
 A="--path $AR --max-len-b 30"; B="$RUN/ab_"
 NP="--path ${B}nacf_paper/checkpoint_best.pt --generator"; NG="--path ${B}nacf_glat/checkpoint_best.pt --generator"
 S="--path ${B}saic/checkpoint_best.pt --max-len-b 30 --generator outline-fill"
 R="--path ${B}rdt/checkpoint_best.pt --retrieval-file $RET --generator diffusion --diffusion-eos-fallback"
-echo "== [$(date +%T)] benchmark (quiet machine wanted)"
+step "benchmark (quiet machine wanted)"
 nar-caption-benchmark "$DATA" --subset test --threads 1 --max-items ${ITEMS:-100} --passes ${PASSES:-2} \
   --metrics Bleu,METEOR,CIDEr-D --baseline "AR beam 5" \
   --row "AR beam 5=$A --beam 5" --row "AR greedy=$A --beam 1" \

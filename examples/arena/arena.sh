@@ -28,6 +28,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 export PATH="$PWD/.venv/bin:$PATH"
+source examples/lib.sh  # train, step, the shared flags
 DATA=${DATA:-data/toy/images}; RUN=${RUN:-runs/arena_images}
 FEATS=${FEATS:-}                                   # e.g. --feature-files appearance.h5,motion.h5
 SIZE=${SIZE:---embed-dim 256 --ffn-embed-dim 1024 --attention-heads 4 --encoder-layers 2 --decoder-layers 2}
@@ -38,40 +39,22 @@ AR_EPOCHS=${AR_EPOCHS:-4}; NAR_UPDATES=${NAR_UPDATES:-600}; RDT_UPDATES=${RDT_UP
 SAIC_K=${SAIC_K:-2}; BENCH_ITEMS=${BENCH_ITEMS:-250}; PASSES=${PASSES:-2}; THREADS=${THREADS:-1}
 LENGTHS=${LENGTHS:-8,16,30}; METRICS=${METRICS:-Bleu,METEOR,CIDEr-D}; ROWS=${ROWS:-full}; GLAT=${GLAT:-0.5}
 NACF_POSITIONS=${NACF_POSITIONS---scale-positions}
-U="$PWD/fairseq_nar_caption"
 LOGS="$RUN/logs"; mkdir -p "$LOGS"
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}  # one thread per training: two trainings share the 2 cores
-SECONDS=0
-step() { echo "== [$(printf '%4d' $SECONDS)s] $*"; }
+SECONDS=0; CLOCK=1
 
 [ -f "$DATA/dict.txt" ] || { step "toy benchmark"; python -m fairseq_nar_caption.cli.make_toy_data --out "$(dirname "$DATA")" > "$LOGS/toy_data.log"; }
 
 AR="$RUN/ar/checkpoint_best.pt"; RET="$(cd "$RUN" && pwd)/retrieval.json"
-source examples/arena/recipe.sh  # COMMON OPT SELECT NAR_OPT and each paradigm's flags
-COMMON="$COMMON --seed ${SEED:-1}"
+source examples/arena/recipe.sh  # COMMON NAR_OPT and each paradigm's flags
 
-# train NAME ARGS...: fairseq-train into $RUN/NAME, log in $LOGS/NAME.log, one console line per
-# validation; skipped once finished, an interrupted run resumes from its checkpoint_last.pt.
-train() {
-  local name=$1; shift
-  if grep -qs "done training" "$LOGS/$name.log" && [ -f "$RUN/$name/checkpoint_best.pt" ]; then
-    step "$name: trained (skipping; $LOGS/$name.log)"; return 0
-  fi
-  step "train $name (log: $LOGS/$name.log)"
-  fairseq-train "$DATA" --user-dir "$U" $COMMON --save-dir "$RUN/$name" "$@" >> "$LOGS/$name.log" 2>&1 &
-  local pid=$!
-  tail -n 0 --pid=$pid -F "$LOGS/$name.log" 2>/dev/null \
-    | grep --line-buffered -E "valid on 'val'" \
-    | sed -u -E -e "s/.*epoch ([0-9]+) \| valid on 'val' subset \| loss ([0-9.]+)(.*\| cider ([0-9.]+))?.*num_updates ([0-9]+).*/     $name: epoch \1, valid loss \2, CIDEr-D \4, \5 updates/" -e "s/, CIDEr-D ,/,/" &
-  if ! wait $pid; then
-    echo "training $name failed; last lines of $LOGS/$name.log:" >&2; tail -n 15 "$LOGS/$name.log" >&2; exit 1
-  fi
-  wait  # the console filter ends with the training
-}
+# train NAME ARGS... (examples/lib.sh): fairseq-train into $RUN/NAME, log in $LOGS/NAME.log, one console line
+# per validation; skipped once finished, an interrupted run resumes from its checkpoint_last.pt.
+TRAIN="$COMMON --seed ${SEED:-1}"; TRAIN_LOGS=$LOGS; VALID_LINES=1
 
 # 1. the AR model: baseline and teacher
-OMP_NUM_THREADS=${AR_THREADS:-2} train ar --arch ar_caption $SIZE --criterion label_smoothed_cross_entropy --label-smoothing 0.1 \
-  $OPT --lr 1e-3 --warmup-updates 200 --max-epoch "$AR_EPOCHS" --best-checkpoint-metric loss
+OMP_NUM_THREADS=${AR_THREADS:-2} train ar --arch ar_caption $SIZE $XENT $OPT_TOY --max-epoch "$AR_EPOCHS" \
+  --best-checkpoint-metric loss
 
 # 2. one distillation (beam 5), shared by every NAR row; the split is named after the run, so
 #    several arenas can share one data folder

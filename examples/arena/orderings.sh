@@ -25,6 +25,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 export PATH="$PWD/.venv/bin:$PATH" OMP_NUM_THREADS=1
+source examples/lib.sh  # train, step, the shared flags
 DATA=${DATA:-data/toy/images}; RUN=${RUN:-runs/demo}; FEATS=${FEATS:-}; OUT=${OUT:-$RUN/orderings}
 SIZE=${SIZE:---embed-dim 128 --ffn-embed-dim 512 --attention-heads 4 --encoder-layers 1 --decoder-layers 2}
 UPD=${UPD:-300}; SEEDS=${SEEDS:-1 2 3}; GLAT=${GLAT:-0.5}; ITEMS=${ITEMS:-250}
@@ -36,7 +37,7 @@ AR=$RUN/ar/checkpoint_best.pt; KD=train_distill_$(basename "$RUN"); RET="$(cd "$
 mkdir -p "$OUT/logs"
 
 NAR_UPDATES=$UPD; RDT_UPDATES=$(( UPD * 3 / 2 ))
-source examples/arena/recipe.sh  # COMMON OPT SELECT NAR_OPT and each paradigm's flags
+source examples/arena/recipe.sh  # COMMON NAR_OPT and each paradigm's flags
 NACF="$NACF_FLAGS --glat-ratio $GLAT --scale-positions --length-beam 1"
 # the raw split has several captions per item (toy images: 157 updates an epoch against the distilled split's
 # 32): validate and keep the best checkpoint once per distilled epoch, so every arm is selected among as many
@@ -44,7 +45,7 @@ NACF="$NACF_FLAGS --glat-ratio $GLAT --scale-positions --length-beam 1"
 EVERY=$(( ($(wc -l < "$DATA/$KD.tsv") - 1 + 63) / 64 ))
 RAW="--train-subset train --validate-interval-updates $EVERY --save-interval-updates $EVERY --keep-interval-updates 1"
 DIS="--train-subset $KD"
-declare -A TRAIN=(
+declare -A ARM=(  # each arm's training flags
   [nacf_kd]="$NACF $DIS" [nacf_raw]="$NACF $RAW"
   [saic2_kd]="$SAIC_FLAGS --group-size 2 $DIS" [saic2_raw]="$SAIC_FLAGS --group-size 2 $RAW"
   [saic4_kd]="$SAIC_FLAGS --group-size 4 $DIS"
@@ -67,22 +68,17 @@ rows() {
 --diffusion-eos-fallback --dedup" ;;
   esac
 }
-for a in $ARMS; do [ -n "${TRAIN[$a]:-}" ] || { echo "orderings.sh: unknown arm $a (arms: $ALL)" >&2; exit 1; }; done
+for a in $ARMS; do [ -n "${ARM[$a]:-}" ] || { echo "orderings.sh: unknown arm $a (arms: $ALL)" >&2; exit 1; }; done
 
-SECONDS=0
-train() {  # train ARM SEED
-  local name=$1_s$2 log=$OUT/logs/$1_s$2.log
-  if grep -qs "done training" "$log" && [ -f "$OUT/$name/checkpoint_best.pt" ]; then return 0; fi
-  echo "== [$(printf '%5d' $SECONDS)s] train $1, seed $2 (log: $log)"
-  fairseq-train "$DATA" --user-dir fairseq_nar_caption $COMMON ${TRAIN[$1]} --seed "$2" --save-dir "$OUT/$name" \
-    >> "$log" 2>&1 || { echo "training $name failed; last lines of $log:" >&2; tail -n 15 "$log" >&2; return 1; }
-}
+SECONDS=0; CLOCK=1
+# train ARM_sSEED ARGS... (examples/lib.sh): into $OUT/ARM_sSEED, log in $OUT/logs/ARM_sSEED.log, unless finished
+TRAIN=$COMMON; TRAIN_DIR=$OUT; TRAIN_LOGS=$OUT/logs; VALID_LINES=1
 # seed-major, so a stopped run still holds whole seeds; two trainings at a time
 failed=0
 for s in $SEEDS; do
   for a in $ARMS; do
     while [ "$(jobs -rp | wc -l)" -ge 2 ]; do wait -n || failed=1; done
-    train "$a" "$s" &
+    train "${a}_s$s" ${ARM[$a]} --seed "$s" &
   done
 done
 while [ "$(jobs -rp | wc -l)" -gt 0 ]; do wait -n || failed=1; done
@@ -94,10 +90,10 @@ for a in $ARMS; do
     for s in $SEEDS; do ROW+=(--row "$a ${r%%|*} / seed $s=--path $OUT/${a}_s$s/checkpoint_best.pt $FEATS ${r#*|}"); done
   done < <(rows "$a")
 done
-echo "== [$(printf '%5d' $SECONDS)s] benchmark: $(( ${#ROW[@]} / 2 )) rows, $ITEMS test items (quality; one pass)"
+step "benchmark: $(( ${#ROW[@]} / 2 )) rows, $ITEMS test items (quality; one pass)"
 OMP_NUM_THREADS=2 nar-caption-benchmark "$DATA" --subset test --threads 2 --max-items "$ITEMS" --passes 1 --warmup 0 \
   --throughput-batch 0 --metrics Bleu,CIDEr-D "${ROW[@]}" --title "issue #12 orderings" \
   --out-json "$OUT/benchmark.json" --out-md "$OUT/benchmark.md" > /dev/null 2> "$OUT/logs/benchmark.log" \
   || { tail -n 20 "$OUT/logs/benchmark.log" >&2; exit 1; }
 python examples/arena/orderings.py "$OUT/benchmark.json" --out-md "$OUT/orderings.md" --out-json "$OUT/orderings.json"
-echo "== [$(printf '%5d' $SECONDS)s] done: $OUT/orderings.md"
+step "done: $OUT/orderings.md"

@@ -1,17 +1,14 @@
 # The arena's training flags: one home for arena.sh, ablations.sh and orderings.sh (sourced, not run).
+# Source examples/lib.sh first (OPT: the optimiser and schedule of every training; SELECT: checkpoint selection
+# by the validation decode score, --eval-cider, of the model's generator; DROPOUT, TOY_FLAGS).
 # Set before sourcing: SIZE (model size flags), FEATS (task feature flags, may be empty), AR (the teacher's
 # checkpoint), RET (RDT's retrieval file), NAR_UPDATES, RDT_UPDATES.  Defines:
 #   COMMON  task, data loading, logging flags of every training (no seed, no training split)
-#   OPT     the optimiser and schedule of every training
-#   SELECT  checkpoint selection by the validation decode score (--eval-cider) of the model's generator
 #   NAR_OPT the NAR models' learning rate, budget and selection
 #   NACF_FLAGS SAIC_FLAGS NARVL_FLAGS RDT_FLAGS
 #           each paradigm's model, criterion and validation decoding at the papers' training; the
 #           scripts add the arena's levers (--glat-ratio, --scale-positions), --group-size, the split
-COMMON="--task captioning $FEATS --dropout 0.1 --attention-dropout 0.1 --batch-size 64 --num-workers 0
-  --valid-subset val --no-epoch-checkpoints --cpu --no-progress-bar --log-interval 50"
-OPT="--optimizer adam --adam-betas (0.9,0.98) --clip-norm 1.0 --lr-scheduler inverse_sqrt"
-SELECT="--eval-cider --best-checkpoint-metric cider --maximize-best-checkpoint-metric"
+COMMON="--task captioning $FEATS $DROPOUT $TOY_FLAGS --log-interval 50"
 NAR_OPT="$OPT --lr 5e-4 --warmup-updates 100 --max-update $NAR_UPDATES $SELECT"
 # NACF: masked LM + visual words + length predictor from the AR weights; validated by CT-MP T = 2
 NACF_FLAGS="--arch nacf --encoder-type transformer $SIZE --criterion nacf_loss --mask-ratio-low 0.35

@@ -10,26 +10,18 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 export PATH="$PWD/.venv/bin:$PATH" OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+source examples/lib.sh  # train, decode_score, vl_scorer, the shared flags
 IMAGES=${IMAGES:-data/toy/images}; DATA=${DATA:-data/toy/vl}; RUN=${RUN:-runs/narvl_toy}; mkdir -p "$RUN"
-T=${TASK:-vqa}; U="$PWD/fairseq_nar_caption"; BINS=64
+T=${TASK:-vqa}; BINS=64
 declare -A N=([caption]=24 [vqa]=6 [grounding]=7 [entailment]=2)
 declare -A EPOCHS=([caption]=3 [vqa]=5 [grounding]=8 [entailment]=4)
 declare -A MAXLEN=([caption]=30 [vqa]=6 [grounding]=6 [entailment]=3)
 VL="--task vision_language --vl-task $T --image-dir ../images/pixels --patch-image-size 96 --num-bins $BINS"
-TRAIN="$VL --optimizer adam --adam-betas (0.9,0.98) --lr 1e-3 --lr-scheduler inverse_sqrt --warmup-updates 200 \
-  --clip-norm 1.0 --batch-size 64 --num-workers 0 --valid-subset val --no-epoch-checkpoints \
-  --best-checkpoint-metric loss --cpu --no-progress-bar --log-interval 50 --seed 1 --max-epoch ${EPOCHS[$T]} \
+TRAIN="$VL $OPT_TOY $TOY_FLAGS --best-checkpoint-metric loss --log-interval 50 --seed 1 --max-epoch ${EPOCHS[$T]} \
   --arch narvl_tiny --criterion query_ctc --label-smoothing 0.1"
-source examples/lib.sh  # train NAME ARGS...
-score() {  # score NAME GENERATE-ARGS...
-  local id=$1; shift
-  [ -f "$RUN/score_$id.json" ] && return 0
-  fairseq-generate "$DATA" --user-dir "$U" $VL --path "$RUN/$id/checkpoint_best.pt" --gen-subset test \
-    --batch-size 50 --cpu --post-process sentencepiece --generator ctc "$@" > "$RUN/gen_$id.txt" 2> /dev/null
-  local refs=(); [ "$T" = caption ] && refs=(--refs "$DATA/caption_test_refs.json" --metrics Bleu METEOR CIDEr-D)
-  python -m fairseq_nar_caption.cli.score_vl --task "$T" --tsv "$DATA/${T}_test.tsv" \
-    --generate-output "$RUN/gen_$id.txt" --image-dir "$IMAGES/pixels" --num-bins $BINS --name "$id" \
-    "${refs[@]}" --json-out "$RUN/score_$id.json" 2> /dev/null
+GEN_TASK="$VL --post-process sentencepiece --generator ctc"; SCORE_QUIET=1; vl_scorer "$T"
+score() {  # score NAME GENERATE-ARGS...: decode_score (examples/lib.sh) of $RUN/NAME's checkpoint_best.pt
+  LABEL=$1 decode_score "$1" "$RUN/$1/checkpoint_best.pt" "${@:2}"
 }
 train "${T}_abl_ce" --num-queries "${N[$T]}" --loss ce
 score "${T}_abl_ce" --ctc-no-merge

@@ -22,7 +22,8 @@ def baselines(data, image_dir):
     from PIL import Image
 
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
-    from fairseq_nar_caption.evaluation.vl_metrics import grounding_hits, parse_ofa_answers, vqa_score
+    from fairseq_nar_caption.data.ofa_tsv import parse_ofa_answers
+    from fairseq_nar_caption.evaluation.vl_metrics import grounding_hits, vqa_score
 
     rows = lambda name: [ln.rstrip("\n").split("\t") for ln in open(os.path.join(data, name))]  # noqa: E731
     out = {}

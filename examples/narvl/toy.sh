@@ -14,20 +14,17 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 export PATH="$PWD/.venv/bin:$PATH" OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+source examples/lib.sh  # train, decode_score, vl_scorer, the shared flags
 IMAGES=${IMAGES:-data/toy/images}; DATA=${DATA:-data/toy/vl}; RUN=${RUN:-runs/narvl_toy}; mkdir -p "$RUN"
 TASKS=${TASKS:-caption vqa grounding entailment}
-U="$PWD/fairseq_nar_caption"
 BINS=64
 VL="--task vision_language --image-dir ../images/pixels --patch-image-size 96 --num-bins $BINS"
-TRAIN="$VL --optimizer adam --adam-betas (0.9,0.98) --lr 1e-3 --lr-scheduler inverse_sqrt --warmup-updates 200 \
-  --clip-norm 1.0 --batch-size 64 --num-workers 0 --valid-subset val --no-epoch-checkpoints \
-  --best-checkpoint-metric loss --cpu --no-progress-bar --log-interval 50 --seed 1"
+TRAIN="$VL $OPT_TOY $TOY_FLAGS --best-checkpoint-metric loss --log-interval 50 --seed 1"
 declare -A N=([caption]=24 [vqa]=6 [grounding]=7 [entailment]=2)           # queries per task (see README)
 declare -A EPOCHS=([caption]=${CAPTION_EPOCHS:-3} [vqa]=${VQA_EPOCHS:-5} [grounding]=${GROUNDING_EPOCHS:-8} \
   [entailment]=${ENTAILMENT_EPOCHS:-4})
 declare -A MAXLEN=([caption]=30 [vqa]=6 [grounding]=6 [entailment]=3)
 
-source examples/lib.sh
 vl_train() {  # vl_train NAME TASK ARGS...   (skipped when finished; an interrupted run resumes from checkpoint_last)
   local name=$1 task=$2; shift 2
   train "$name" --vl-task "$task" --max-epoch "${EPOCHS_OVERRIDE:-${EPOCHS[$task]}}" "$@"
@@ -35,7 +32,7 @@ vl_train() {  # vl_train NAME TASK ARGS...   (skipped when finished; an interrup
 [ -f "$IMAGES/dict.txt" ] || python -m fairseq_nar_caption.cli.make_toy_data --out "$(dirname "$IMAGES")" > /dev/null
 [ -f "$DATA/prep.json" ] || python scripts/prepare_vl_toy.py --images "$IMAGES" --out "$DATA" --num-bins $BINS
 
-AR_ARGS="--arch narvl_ar_tiny --criterion label_smoothed_cross_entropy --label-smoothing 0.1"
+AR_ARGS="--arch narvl_ar_tiny $XENT"
 NAR_ARGS="--arch narvl_tiny --criterion query_ctc --label-smoothing 0.1"
 for t in $TASKS; do
   vl_train "ar_$t" "$t" $AR_ARGS
@@ -59,16 +56,12 @@ if [ "${ABLATIONS:-0}" = 1 ]; then RUN="$RUN" bash examples/narvl/ablations.sh; 
 
 # 3. decode + score the test splits
 SUMMARY="$RUN/scores.txt"
-score() {  # score ID TASK CHECKPOINT GENERATE-ARGS...
-  local id=$1 task=$2 ckpt=$3; shift 3
-  [ -f "$RUN/score_$id.json" ] && return 0
-  fairseq-generate "$DATA" --user-dir "$U" $VL --vl-task "$task" --path "$ckpt" --gen-subset test \
-    --batch-size 50 --cpu --post-process sentencepiece --max-len-b "${MAXLEN[$task]}" "$@" \
-    > "$RUN/gen_$id.txt" 2> /dev/null
-  local refs=(); [ "$task" = caption ] && refs=(--refs "$DATA/caption_test_refs.json" --metrics Bleu METEOR CIDEr-D)
-  python -m fairseq_nar_caption.cli.score_vl --task "$task" --tsv "$DATA/${task}_test.tsv" \
-    --generate-output "$RUN/gen_$id.txt" --image-dir "$IMAGES/pixels" --num-bins $BINS --name "$id" \
-    "${refs[@]}" --json-out "$RUN/score_$id.json" 2> /dev/null
+SCORE_QUIET=1
+score() {  # score ID TASK CHECKPOINT GENERATE-ARGS...: decode_score (examples/lib.sh) with the task's scorer
+  local id=$1 task=$2; shift 2
+  vl_scorer "$task"
+  GEN_TASK="$VL --vl-task $task --post-process sentencepiece --max-len-b ${MAXLEN[$task]}" LABEL=$id \
+    decode_score "$id" "$@"
 }
 echo "== decode and score the test splits"
 for t in $TASKS; do

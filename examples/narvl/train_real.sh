@@ -10,8 +10,9 @@
 # Multi-GPU: prefix with the usual fairseq/torchrun setup; --update-freq keeps the effective batch.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+source examples/lib.sh  # train, decode_score, the shared flags
 TASK=${1:?task}; DATA=${2:?data folder}; OFA=${3:-}
-RUN=${RUN:-runs/narvl_$TASK}; U="$PWD/fairseq_nar_caption"; mkdir -p "$RUN"
+RUN=${RUN:-runs/narvl_$TASK}; mkdir -p "$RUN"
 # queries per task (paper, Section 4 / official scripts): caption 20, VQA 6, grounding 5, entailment 2.
 # Grounding: 4 bins + blanks between equal neighbouring bins can need up to 7 positions; the task refuses
 # a training set that does not fit, so raise N_GROUNDING to what it reports (or 7).
@@ -19,15 +20,16 @@ declare -A N=([caption]=20 [vqa]=6 [grounding]=${N_GROUNDING:-7} [entailment]=2)
 declare -A EPOCHS=([caption]=5 [vqa]=15 [grounding]=20 [entailment]=10)
 declare -A MAXLEN=([caption]=16 [vqa]=6 [grounding]=6 [entailment]=3)
 VL="--task vision_language --vl-task $TASK --patch-image-size 480 --num-bins 1000 --max-target-positions 32"
-COMMON="$VL --optimizer adam --adam-betas (0.9,0.999) --adam-eps 1e-8 --weight-decay 0.01 --clip-norm 1.0 \
+# train NAME ARGS... (examples/lib.sh): into $RUN/NAME, fairseq's output on the console
+TRAIN="$VL --optimizer adam --adam-betas (0.9,0.999) --adam-eps 1e-8 --weight-decay 0.01 $CLIP \
   --lr-scheduler polynomial_decay --warmup-updates ${WARMUP:-1000} --total-num-update ${TOTAL:-50000} \
   --max-epoch ${EPOCHS[$TASK]} --batch-size ${BSZ:-16} --update-freq ${UPDATE_FREQ:-4} --num-workers 4 \
-  --valid-subset val --best-checkpoint-metric loss --no-epoch-checkpoints --fp16"
+  $VALID --best-checkpoint-metric loss --fp16"
+TRAIN_LOGS=-
 INIT=(); [ -n "$OFA" ] && INIT=(--ofa-checkpoint "$OFA")
 # 1. AR teacher/baseline (OFA-style, same encoder and decoder size), lr 1e-5 with an OFA init as OFA's recipe
 #    (5e-4 from scratch), label smoothing 0.1
-fairseq-train "$DATA" --user-dir "$U" $COMMON --arch narvl_ar_base --criterion label_smoothed_cross_entropy \
-  --label-smoothing 0.1 --lr ${AR_LR:-1e-5} "${INIT[@]}" --save-dir "$RUN/ar"
+train ar --arch narvl_ar_base $XENT --lr ${AR_LR:-1e-5} "${INIT[@]}"
 # 2. KD (caption, VQA): the teacher's beam-5 outputs replace the targets (NARVL trains on distilled data)
 TRAIN_SUBSET=train
 if [ "$TASK" = caption ] || [ "$TASK" = vqa ]; then
@@ -36,17 +38,16 @@ if [ "$TASK" = caption ] || [ "$TASK" = vqa ]; then
   TRAIN_SUBSET=train_distill
 fi
 # 3. NARVL: N learnable queries, Query-CTC with label smoothing 0.1
-fairseq-train "$DATA" --user-dir "$U" $COMMON --arch narvl_base --num-queries ${N[$TASK]} --criterion query_ctc \
-  --label-smoothing 0.1 --lr ${NAR_LR:-1e-5} "${INIT[@]}" --train-subset $TRAIN_SUBSET --save-dir "$RUN/narvl"
-# 4. decode (batch 1 as the paper times it) and score
-G="--user-dir $U $VL --gen-subset test --post-process sentencepiece --max-len-b ${MAXLEN[$TASK]}"
-fairseq-generate "$DATA" $G --path "$RUN/ar/checkpoint_best.pt" --beam 5 --batch-size 1 > "$RUN/gen_ar_b5.txt"
-fairseq-generate "$DATA" $G --path "$RUN/narvl/checkpoint_best.pt" --generator ctc --batch-size 1 > "$RUN/gen_narvl.txt"
-for m in ar_b5 narvl; do
-  python -m fairseq_nar_caption.cli.score_vl --task "$TASK" --tsv "$DATA/${TASK}_test.tsv" --num-bins 1000 \
-    --generate-output "$RUN/gen_$m.txt" --json-out "$RUN/score_$m.json" \
-    $([ "$TASK" = caption ] && echo --refs "$DATA/caption_test_refs.json")
-done
+train narvl --arch narvl_base --num-queries ${N[$TASK]} --criterion query_ctc --label-smoothing 0.1 \
+  --lr ${NAR_LR:-1e-5} "${INIT[@]}" --train-subset $TRAIN_SUBSET
+# 4. decode (batch 1 as the paper times it) and score: decode_score (examples/lib.sh) -> $RUN/gen_ID.txt,
+#    $RUN/score_ID.json
+GEN_TASK="$VL --post-process sentencepiece --max-len-b ${MAXLEN[$TASK]}"; GEN_BATCH="--batch-size 1"; SCORE_SKIP=0
+SCORER="python -m fairseq_nar_caption.cli.score_vl"
+SCORE_ARGS=(--task "$TASK" --tsv "$DATA/${TASK}_test.tsv" --num-bins 1000)
+if [ "$TASK" = caption ]; then SCORE_ARGS+=(--refs "$DATA/caption_test_refs.json"); fi
+decode_score ar_b5 "$RUN/ar/checkpoint_best.pt" --beam 5
+decode_score narvl "$RUN/narvl/checkpoint_best.pt" --generator ctc
 python -m fairseq_nar_caption.cli.benchmark "$DATA" --subset test --device cuda \
   --row "AR beam 5=--path $RUN/ar/checkpoint_best.pt $VL --beam 5 --max-len-b ${MAXLEN[$TASK]}" \
   --row "NARVL=--path $RUN/narvl/checkpoint_best.pt $VL --generator ctc" \

@@ -13,19 +13,17 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 export PATH="$PWD/.venv/bin:$PATH" OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+source examples/lib.sh  # train, decode_score, the shared flags
 DATA=${DATA:-data/toy/images}; RUN=${RUN:-runs/rdt_toy}; mkdir -p "$RUN"
 AR=${AR:-runs/saic_toy/ar/checkpoint_best.pt}
 EPOCHS=${RDT_EPOCHS:-15}; SCST_EPOCHS=${SCST_EPOCHS:-1}
-U="$PWD/fairseq_nar_caption"
 RET="$PWD/$RUN/retrieval.json"
 [ -f "$DATA/dict.txt" ] || python -m fairseq_nar_caption.cli.make_toy_data --out "$(dirname "$DATA")" > /dev/null
 
 # 0. retrieval
 [ -f "$RET" ] || python -m fairseq_nar_caption.cli.retrieve "$DATA" --splits train,val,test --k 20 --out "$RET"
 
-TRAIN="--task rdt_captioning --retrieval-file $RET --dropout 0.1 --attention-dropout 0.1 --batch-size 64 \
-  --num-workers 0 --valid-subset val --no-epoch-checkpoints --cpu --no-progress-bar --log-interval 100 --seed 1"
-source examples/lib.sh  # train NAME ARGS...
+TRAIN="--task captioning --generator diffusion --retrieval-file $RET $DROPOUT $TOY_FLAGS --log-interval 100 --seed 1"
 
 # 1. AR baseline + teacher captions
 if [ ! -f "$AR" ]; then
@@ -40,8 +38,8 @@ else
 fi
 
 # 2. stage 1 (Eq. 13: λ1 XE + λ2 bit + λ3 rank), cosine γ, t' ~ U(0, 0.999), self-conditioning p = 0.5
-STAGE1="--arch rdt_tiny --criterion rdt_loss --optimizer adam --adam-betas (0.9,0.98) --lr 1e-3 \
-  --lr-scheduler inverse_sqrt --warmup-updates 300 --clip-norm 1.0 --max-epoch $EPOCHS --best-checkpoint-metric loss"
+STAGE1="--arch rdt_tiny --criterion rdt_loss $OPT --lr 1e-3 --warmup-updates 300 --max-epoch $EPOCHS \
+  --best-checkpoint-metric loss"
 train rdt $STAGE1
 if [ "${ABLATIONS:-0}" = 1 ]; then
   train rdt_base $STAGE1 --lambda-f 1 --lambda-e 0 --lambda-rank 0   # Table V: base (self-attention, no RL)
@@ -53,30 +51,21 @@ fi
 
 # 3. stage 2: guided SCST from the best stage-1 model (the validation split's decode CIDEr-D, --eval-cider, picks the best)
 train rdt_scst --arch rdt_tiny --criterion rdt_scst --num-samples 5 --hybrid-distill-split "$DISTILL" \
-  --finetune-from-model "$RUN/rdt/checkpoint_best.pt" --optimizer adam --lr 5e-5 --clip-norm 1.0 \
-  --max-epoch $SCST_EPOCHS --eval-cider --best-checkpoint-metric cider --maximize-best-checkpoint-metric
+  --finetune-from-model "$RUN/rdt/checkpoint_best.pt" --optimizer adam --lr 5e-5 $CLIP --max-epoch $SCST_EPOCHS $SELECT
 
-# 4. decode and score the test split
-SCORES=()
-score() {  # score ID CHECKPOINT GENERATE-ARGS...   ($LABEL names the table row)
-  if [ ! -f "$RUN/score_$1.json" ]; then
-    fairseq-generate "$DATA" --user-dir "$U" --task rdt_captioning --retrieval-file "$RET" --path "$2" \
-      --gen-subset test --batch-size 50 --cpu "${@:3}" > "$RUN/gen_$1.txt" 2> /dev/null
-    python -m fairseq_nar_caption.cli.score --refs "$DATA/test_refs.json" --generate-output "$RUN/gen_$1.txt" \
-      --train-manifest "$DATA/train.tsv" --dict "$DATA/dict.txt" --name "$LABEL" --json-out "$RUN/score_$1.json" \
-      > /dev/null 2>&1
-  fi
-  SCORES+=("$RUN/score_$1.json")
-}
+# 4. decode and score the test split: decode_score ID CHECKPOINT GENERATE-ARGS... (examples/lib.sh) ->
+#    $RUN/gen_ID.txt, $RUN/score_ID.json ($LABEL: the table row), skipped when the score exists
+GEN_TASK="--task captioning --generator diffusion --retrieval-file $RET"; SCORER="python -m fairseq_nar_caption.cli.score"; SCORE_QUIET=2
 echo "== decode and score the test split"
-LABEL="AR beam 5" score ar_b5 "$AR" --generator sequence --beam 5 --max-len-b 30  # the AR model ignores the retrieved sentence
+# the AR model ignores the retrieved sentence
+LABEL="AR beam 5" decode_score ar_b5 "$AR" --generator sequence --beam 5 --max-len-b 30
 for T in 5 10 20 50; do
-  LABEL="RDT stage 1, T=$T" score "rdt_T$T" "$RUN/rdt/checkpoint_best.pt" --diffusion-steps $T
-  LABEL="RDT stage 2 (SCST), T=$T" score "scst_T$T" "$RUN/rdt_scst/checkpoint_best.pt" --diffusion-steps $T
+  LABEL="RDT stage 1, T=$T" decode_score "rdt_T$T" "$RUN/rdt/checkpoint_best.pt" --diffusion-steps $T
+  LABEL="RDT stage 2 (SCST), T=$T" decode_score "scst_T$T" "$RUN/rdt_scst/checkpoint_best.pt" --diffusion-steps $T
 done
 if [ "${ABLATIONS:-0}" = 1 ]; then
   for name in rdt_base rdt_rve rdt_rl rdt_f75_e0 rdt_f75_e25; do
-    LABEL="$name, T=20" score "${name}_T20" "$RUN/$name/checkpoint_best.pt" --diffusion-steps 20
+    LABEL="$name, T=20" decode_score "${name}_T20" "$RUN/$name/checkpoint_best.pt" --diffusion-steps 20
   done
 fi
 python -m fairseq_nar_caption.cli.table "${SCORES[@]}" --out "$RUN/scores.md"
@@ -85,7 +74,7 @@ python -m fairseq_nar_caption.cli.table "${SCORES[@]}" --out "$RUN/scores.md"
 # and stage 2; AR: the 5 best hypotheses of beam 5. Dist-2, Dist-3, vocabulary usage over all 5 x 250 captions
 for r in 0 1 2 3 4; do
   for stage in rdt rdt_scst; do
-    [ -f "$RUN/gen_div_${stage}_r$r.txt" ] || fairseq-generate "$DATA" --user-dir "$U" --task rdt_captioning \
+    [ -f "$RUN/gen_div_${stage}_r$r.txt" ] || fairseq-generate "$DATA" --user-dir "$U" --task captioning --generator diffusion \
       --retrieval-file "$RET" --retrieval-test-rank $r --path "$RUN/$stage/checkpoint_best.pt" --gen-subset test \
       --batch-size 50 --cpu --diffusion-steps 20 > "$RUN/gen_div_${stage}_r$r.txt" 2> /dev/null
   done
@@ -124,7 +113,7 @@ PY
 # 5. batch-1 latency (encoder included, warm-up excluded) and throughput, CPU, one thread
 echo "== benchmark"
 if [ ! -f "$RUN/benchmark.md" ]; then
-  R="--task rdt_captioning --retrieval-file $RET --path $RUN/rdt_scst/checkpoint_best.pt"
+  R="--task captioning --generator diffusion --retrieval-file $RET --path $RUN/rdt_scst/checkpoint_best.pt"
   python -m fairseq_nar_caption.cli.benchmark "$DATA" --subset test --threads 1 --metrics Bleu,CIDEr-D \
     --row "AR beam 5=--path $AR --beam 5 --max-len-b 30" \
     --row "AR greedy=--path $AR --beam 1 --max-len-b 30" \

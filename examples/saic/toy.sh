@@ -13,20 +13,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 export PATH="$PWD/.venv/bin:$PATH"
+source examples/lib.sh  # train, decode_score, the shared flags
 DATA=${DATA:-data/toy/images}; RUN=${RUN:-runs/saic_toy}; K=${K:-4}; mkdir -p "$RUN"
-U="$PWD/fairseq_nar_caption"
-BSZ=64
-TRAIN="--task captioning --dropout 0.1 --attention-dropout 0.1 --batch-size $BSZ --num-workers 0 --valid-subset val \
-  --no-epoch-checkpoints --best-checkpoint-metric loss --cpu --no-progress-bar --log-interval 100 --seed 1"
+TRAIN="--task captioning $DROPOUT $TOY_FLAGS --best-checkpoint-metric loss --log-interval 100 --seed 1"
 
-source examples/lib.sh  # train NAME ARGS...
 [ -f "$DATA/dict.txt" ] || python -m fairseq_nar_caption.cli.make_toy_data --out "$(dirname "$DATA")" > /dev/null
 
 # 1. AIC: the AR baseline recipe (examples/ar_baseline/train_toy.sh), d 256, 2 + 2 layers
 AR="$RUN/ar/checkpoint_best.pt"
-train ar --arch ar_caption_tiny --criterion label_smoothed_cross_entropy --label-smoothing 0.1 \
-  --optimizer adam --adam-betas "(0.9,0.98)" --lr 1e-3 --lr-scheduler inverse_sqrt --warmup-updates 200 \
-  --clip-norm 1.0 --max-epoch ${AR_EPOCHS:-8}
+train ar --arch ar_caption_tiny $XENT $OPT_TOY --max-epoch ${AR_EPOCHS:-8}
 
 # 2. the teacher's caption of every training image (redone when the teacher is newer); at most
 #    28 words: SAIC's group layout needs k·⌈N/k⌉ + 1 <= 32 (--max-target-positions) decoder positions
@@ -37,11 +32,11 @@ fi
 
 # 3. SAIC fine-tuned from the AR weights; lr x0.9 every 5 epochs (the paper's schedule, toy lr);
 #    T of Eq. 9 = all the updates of the fine-tuning
-UPE=$(( ($(wc -l < "$DATA/train.tsv") - 1 + BSZ - 1) / BSZ ))  # updates per epoch
+UPE=$(( ($(wc -l < "$DATA/train.tsv") - 1 + TOY_BSZ - 1) / TOY_BSZ ))  # updates per epoch
 UPDATES=$(( ${SAIC_EPOCHS:-10} * UPE ))
 SAIC="--arch saic_tiny --criterion group_mask --curriculum-updates $UPDATES --curriculum-lambda 1 \
-  --label-smoothing 0.1 --hybrid-distill-split train_distill --optimizer adam --adam-betas (0.9,0.98) --lr 5e-4 \
-  --lr-scheduler step --lr-deacy-period $((5 * UPE)) --lr-decay 0.9 --clip-norm 1.0 --max-update $UPDATES"
+  --label-smoothing 0.1 --hybrid-distill-split train_distill $ADAM --lr 5e-4 --lr-scheduler step \
+  --lr-deacy-period $((5 * UPE)) --lr-decay 0.9 $CLIP --max-update $UPDATES"
 train saic $SAIC --group-size $K --p-hybr 0.5 --init-from-ar "$AR"
 if [ "${ABLATIONS:-0}" = 1 ]; then
   train saic_raw $SAIC --group-size $K --p-hybr 1 --init-from-ar "$AR"                   # Table 5: raw
@@ -54,22 +49,16 @@ if [ "${TABLE7:-0}" = 1 ]; then
   train saic_noft $SAIC --group-size $K --p-hybr 0.5                                              # Table 7: -FT
 fi
 
-# 4. decode and score the test split
-SCORES=()
-score() {  # score ID CHECKPOINT GENERATE-ARGS...   ($LABEL names the table row)
-  fairseq-generate "$DATA" --user-dir "$U" --task captioning --path "$2" --gen-subset test --max-len-b 30 \
-    --batch-size 50 --cpu "${@:3}" > "$RUN/gen_$1.txt" 2> /dev/null
-  python -m fairseq_nar_caption.cli.score --refs "$DATA/test_refs.json" --generate-output "$RUN/gen_$1.txt" \
-    --train-manifest "$DATA/train.tsv" --dict "$DATA/dict.txt" --name "$LABEL" --json-out "$RUN/score_$1.json" \
-    > /dev/null 2>&1
-  SCORES+=("$RUN/score_$1.json")
-}
+# 4. decode and score the test split: decode_score ID CHECKPOINT GENERATE-ARGS... (examples/lib.sh) ->
+#    $RUN/gen_ID.txt, $RUN/score_ID.json ($LABEL: the table row), decoded again on every run
+GEN_TASK="--task captioning --max-len-b 30"; SCORER="python -m fairseq_nar_caption.cli.score"; SCORE_QUIET=2
+SCORE_SKIP=0
 echo "== decode and score the test split"
-LABEL="AIC beam 5" score ar_b5 "$AR" --beam 5
-LABEL="AIC greedy" score ar_b1 "$AR" --beam 1
+LABEL="AIC beam 5" decode_score ar_b5 "$AR" --beam 5
+LABEL="AIC greedy" decode_score ar_b1 "$AR" --beam 1
 for m in "5 5" "5 1" "1 1"; do
   set -- $m
-  LABEL="SAIC k=$K (M_out=$1, M_fill=$2)" score "saic_$1_$2" "$RUN/saic/checkpoint_best.pt" \
+  LABEL="SAIC k=$K (M_out=$1, M_fill=$2)" decode_score "saic_$1_$2" "$RUN/saic/checkpoint_best.pt" \
     --generator outline-fill --outline-beam "$1" --fill-beam "$2"
 done
 if [ "${ABLATIONS:-0}" = 1 ]; then
@@ -78,7 +67,7 @@ fi
 [ "${TABLE7:-0}" = 1 ] && ABL="${ABL:-} saic_nocl saic_norpr saic_noft"
 if [ -n "${ABL:-}" ]; then
   for name in $ABL; do
-    LABEL="$name (1,1)" score "${name}_1_1" "$RUN/$name/checkpoint_best.pt" --generator outline-fill \
+    LABEL="$name (1,1)" decode_score "${name}_1_1" "$RUN/$name/checkpoint_best.pt" --generator outline-fill \
       --outline-beam 1 --fill-beam 1
   done
 fi

@@ -9,50 +9,47 @@
 # The paper's AIC is trained with cross-entropy and then SCST; SCST is not implemented here, so the
 # teacher below is cross-entropy only (Transformer-base recipe, our choice: the paper gives no AIC settings).
 set -euo pipefail
-DATA=$1; SAVE=${2:-runs/saic_coco}; K=${K:-4}; BSZ=${BSZ:-50}
-U="$(cd "$(dirname "$0")/../.." && pwd)/fairseq_nar_caption"
+source "$(dirname "$0")/../lib.sh"  # train, decode_score, the shared flags
+DATA=$1; RUN=${2:-runs/saic_coco}; K=${K:-4}; BSZ=${BSZ:-50}
 FEATS="--feature-files coco_detections.hdf5 --feature-key-template %d_features --feature-check lazy"
-COMMON="--task captioning $FEATS --max-target-positions 32 --embed-dim 512 --ffn-embed-dim 2048 --attention-heads 8 \
-  --encoder-layers 6 --decoder-layers 6 --dropout 0.1 --batch-size $BSZ --num-workers 4 --valid-subset val \
-  --best-checkpoint-metric loss --no-epoch-checkpoints --seed 1"
+# train NAME ARGS... (examples/lib.sh): into $RUN/NAME, fairseq's output on the console
+TRAIN="--task captioning $FEATS --max-target-positions 32 --embed-dim 512 --ffn-embed-dim 2048 --attention-heads 8 \
+  --encoder-layers 6 --decoder-layers 6 --dropout 0.1 --batch-size $BSZ --num-workers 4 $VALID \
+  --best-checkpoint-metric loss --seed 1"
+TRAIN_LOGS=-
 UPE=$(( ($(wc -l < "$DATA/train.tsv") - 1 + BSZ - 1) / BSZ ))  # updates per epoch
 UPDATES=$(( 25 * UPE ))
 
 # 1. AIC: the teacher and the initialisation (Algorithm 1, line 2)
-fairseq-train "$DATA" --user-dir "$U" $COMMON --arch ar_caption --criterion label_smoothed_cross_entropy \
-  --label-smoothing 0.1 --optimizer adam --adam-betas "(0.9,0.98)" --lr 5e-4 --lr-scheduler inverse_sqrt \
-  --warmup-updates 10000 --clip-norm 1.0 --max-epoch 20 --save-dir "$SAVE/aic"
+train aic --arch ar_caption $XENT $OPT --lr 5e-4 --warmup-updates 10000 --max-epoch 20
 
 # 2. sequence-level distillation: the teacher's beam-5 caption of every training image, at most 28 words
 #    (the group layout needs k·⌈N/k⌉ + 1 <= 32 decoder positions)
-nar-caption-distill "$DATA" --path "$SAVE/aic/checkpoint_best.pt" --device cuda --batch-size 256 -- \
+nar-caption-distill "$DATA" --path "$RUN/aic/checkpoint_best.pt" --device cuda --batch-size 256 -- \
   $FEATS --max-len-b 28
 
 # 3. SAIC (Algorithm 1): k = 4 (RPR window k), curriculum over all updates, hybrid distillation
-fairseq-train "$DATA" --user-dir "$U" $COMMON --arch saic --group-size $K --init-from-ar "$SAVE/aic/checkpoint_best.pt" \
+train saic --arch saic --group-size $K --init-from-ar "$RUN/aic/checkpoint_best.pt" \
   --criterion group_mask --curriculum-updates $UPDATES --curriculum-lambda 1 --p-hybr 0.5 --label-smoothing 0.1 \
   --hybrid-distill-split train_distill --optimizer adam --lr 3e-5 --lr-scheduler step \
-  --lr-deacy-period $(( 5 * UPE )) --lr-decay 0.9 --max-update $UPDATES --save-dir "$SAVE/saic"
+  --lr-deacy-period $(( 5 * UPE )) --lr-decay 0.9 --max-update $UPDATES
 
-# 4. Table 2: AIC beam 5 and SAIC (M_out, M_fill) = (5,5), (5,1), (1,1) on the test split
-decode() {  # decode NAME CHECKPOINT ARGS...
-  fairseq-generate "$DATA" --user-dir "$U" --task captioning $FEATS --path "$2" --gen-subset test \
-    --max-len-b 30 --batch-size 100 "${@:3}" > "$SAVE/generate_$1.txt"
-  nar-caption-score --refs "$DATA/test_refs.json" --generate-output "$SAVE/generate_$1.txt" \
-    --train-manifest "$DATA/train.tsv" --dict "$DATA/dict.txt" --name "$1" --json-out "$SAVE/score_$1.json"
-}
-decode aic_beam5 "$SAVE/aic/checkpoint_best.pt" --beam 5
+# 4. Table 2: AIC beam 5 and SAIC (M_out, M_fill) = (5,5), (5,1), (1,1) on the test split: decode_score
+#    (examples/lib.sh) -> $RUN/generate_ID.txt, $RUN/score_ID.json, the ID as the row label
+GEN_TASK="--task captioning $FEATS --max-len-b 30"; GEN_BATCH="--batch-size 100"; GEN_PREFIX=generate; SCORE_SKIP=0
+LABEL=aic_beam5 decode_score aic_beam5 "$RUN/aic/checkpoint_best.pt" --beam 5
 for m in "5 5" "5 1" "1 1"; do
   set -- $m
-  decode "saic_$1_$2" "$SAVE/saic/checkpoint_best.pt" --generator outline-fill --outline-beam "$1" --fill-beam "$2"
+  LABEL="saic_$1_$2" decode_score "saic_$1_$2" "$RUN/saic/checkpoint_best.pt" --generator outline-fill \
+    --outline-beam "$1" --fill-beam "$2"
 done
-nar-caption-table "$SAVE"/score_*.json --out "$SAVE/scores.md"
+nar-caption-table "$RUN"/score_*.json --out "$RUN/scores.md"
 
 # 5. latency: one image at a time (no mini-batching), CUDA-synchronised, encoder included
-S="--path $SAVE/saic/checkpoint_best.pt $FEATS --max-len-b 30 --generator outline-fill"
+S="--path $RUN/saic/checkpoint_best.pt $FEATS --max-len-b 30 --generator outline-fill"
 nar-caption-benchmark "$DATA" --subset test --device cuda \
-  --row "AIC beam 5=--path $SAVE/aic/checkpoint_best.pt $FEATS --beam 5 --max-len-b 30" \
+  --row "AIC beam 5=--path $RUN/aic/checkpoint_best.pt $FEATS --beam 5 --max-len-b 30" \
   --row "SAIC (5,5)=$S --outline-beam 5 --fill-beam 5" \
   --row "SAIC (5,1)=$S --outline-beam 5 --fill-beam 1" \
   --row "SAIC (1,1)=$S --outline-beam 1 --fill-beam 1" \
-  --out-json "$SAVE/benchmark.json" --out-md "$SAVE/benchmark.md"
+  --out-json "$RUN/benchmark.json" --out-md "$RUN/benchmark.md"

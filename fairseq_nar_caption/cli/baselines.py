@@ -2,14 +2,13 @@
 
     nar-caption-baselines DATA [--feature-files features.h5] [--split test] [--json-out F]
 """
-import json
 import os
 
 from ..data.feature_store import MultiModalFeatures, open_feature_store
 from ..data.manifest import eval_item_ids, item_references, read_manifest
 from ..evaluation.baselines import most_frequent_caption, nearest_neighbour_captions
 from ..evaluation.coco_metrics import METRICS, coco_scores
-from ..files import atomic_write_text, check_output
+from ..files import check_output, write_json
 from .common import add_feature_args, add_overwrite_arg, parser, run_main, split_name
 
 COMMAND = "nar-caption-baselines"
@@ -53,7 +52,7 @@ def main(argv=None):
         cells = [f"{100 * s[k]:.1f}" if k in s else "-" for k in ("Bleu_4", "METEOR", "ROUGE_L", "CIDEr-D")]
         print(f"| {name} | " + " | ".join(cells) + " |")
     if a.json_out:
-        atomic_write_text(a.json_out, json.dumps(res, indent=2) + "\n", made_by=COMMAND)
+        write_json(a.json_out, res, made_by=COMMAND)
     return res
 
 

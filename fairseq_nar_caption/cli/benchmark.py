@@ -15,15 +15,15 @@ every row (BLEU-4, METEOR, CIDEr-D on the batch-1 captions) plus the rate of cap
 an immediately repeated word and of captions with <unk> (the vocabulary rule:
 ``generators.base.banned_symbols``, the same for every row).  Speed-ups are relative to
 ``--baseline`` (default: the first row).  ``--length-sweep 8,16,32`` also times every row
-with its caption length forced to that many tokens (AR / outline-fill: ``--min-len`` =
-``--max-len-b``; NACF: ``--nar-min-length`` = ``--nar-max-length``; CTC and diffusion
-decode a fixed number of positions whatever the length, and are reported as such).
+with its caption length forced to that many tokens (each generator says how, where it registers:
+e.g. AR / outline-fill ``--min-len`` = ``--max-len-b``, NACF ``--nar-min-length`` =
+``--nar-max-length``; generators that decode a fixed number of positions whatever the length,
+such as CTC and diffusion, are reported as such).
 ``--device cuda`` (optionally ``--fp16``) times on a GPU (synchronised clock).
 Writes JSON (every number, the environment and the chart's points), markdown and a PNG.
 """
 import argparse
 import datetime
-import json
 import os
 import platform
 import re
@@ -39,14 +39,12 @@ from ..evaluation.coco_metrics import METRICS, coco_scores
 from ..evaluation.diversity import repeat_rate, unk_rate
 from ..evaluation.latency import interleaved_latency, interleaved_throughput, markdown_table, summarize
 from ..errors import GeneratorError
-from ..files import atomic_path, atomic_write_text, check_output
+from ..generators import spec_of
+from ..files import atomic_path, atomic_write_text, check_output, write_json
 from .common import (add_device_arg, add_overwrite_arg, int_list, name_list, nonneg_int, parser, positive_int,
                      run_main, split_name)
 
 COMMAND = "nar-caption-benchmark"
-
-FIXED_POSITION_GENERATORS = ("ctc", "diffusion")
-
 
 def parse_row(spec: str):
     """``NAME=ARGS``; NAME may itself hold '=' ("CT-MP T=2 B=6"): the split is at the
@@ -59,13 +57,9 @@ def parse_row(spec: str):
 
 def forced_length_args(generator: str, tokens: int):
     """Arguments that force a caption of ``tokens`` tokens (words + </s>), or None when the
-    generator's cost does not depend on the caption length."""
-    words = tokens - 1
-    if generator in ("sequence", "outline-fill"):
-        return ["--min-len", str(words), "--max-len-a", "0", "--max-len-b", str(words)]
-    if generator in FIXED_POSITION_GENERATORS:
-        return None
-    return ["--nar-min-length", str(words), "--nar-max-length", str(words)]
+    generator's cost does not depend on the caption length (its registration says which)."""
+    force = spec_of(generator).forced_length
+    return None if force is None else force(tokens - 1)
 
 
 def machine_description(device: str) -> str:
@@ -269,8 +263,8 @@ def main(argv=None):
             draw_pareto(points, tmp, caption=f"{env['machine']} · {a.device} · threads {env['threads']} · {today}",
                         title=a.title)
     if a.out_json:
-        atomic_write_text(a.out_json, json.dumps({"environment": env, "rows": rows, "length_sweep": sweep,
-                                                  "chart": points}, indent=2), made_by=COMMAND)
+        write_json(a.out_json, {"environment": env, "rows": rows, "length_sweep": sweep, "chart": points},
+                   made_by=COMMAND)
     if a.out_md:
         atomic_write_text(a.out_md, header + "\n\n" + table + "\n" + ("\n" + sweep_table(sweep) + "\n" if sweep else ""),
                           made_by=COMMAND)

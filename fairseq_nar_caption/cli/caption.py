@@ -25,14 +25,13 @@ when ``nar-caption-caption`` wrote it (the folder's ledger) or with ``--overwrit
 must exist and be writable.  The file is written atomically: an interrupted or failed run leaves
 the old file, or none.
 """
-import json
 import logging
 import os
 import sys
 
 from ..data import extraction
 from ..errors import DataError
-from ..files import atomic_write_text, check_output
+from ..files import check_output, write_json
 from .common import add_device_arg, add_overwrite_arg, parser, positive_int, run_main
 
 PROG = "nar-caption-caption"
@@ -97,8 +96,7 @@ def main(argv=None):
                    a.clip_weights)
     for item, c in caps.items():
         print(f"{item}\t{c}")
-    atomic_write_text(a.out, json.dumps([{"image_id": i, "caption": c} for i, c in caps.items()], indent=1) + "\n",
-                      made_by=PROG)
+    write_json(a.out, [{"image_id": i, "caption": c} for i, c in caps.items()], made_by=PROG)
     print(f"wrote {a.out}: {len(caps)} captions", file=sys.stderr)
 
 

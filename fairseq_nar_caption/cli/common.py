@@ -294,16 +294,6 @@ def device(text: str) -> str:
     return text
 
 
-# --------------------------------------------------------------------------- progress
-def progress_bar(total: int, desc: str, unit: str = "item", enabled: Optional[bool] = None):
-    """A tqdm bar on stderr; ``enabled=None``: shown only when stderr is a terminal (quiet in logs
-    and CI); use as a context manager, ``bar.update(n)``."""
-    from tqdm import tqdm
-
-    return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, dynamic_ncols=True,
-                disable=None if enabled is None else not enabled)
-
-
 # --------------------------------------------------------------------------- shared flags
 def add_feature_args(p, files_default: str = "features.h5") -> None:
     from ..data.feature_store import DEFAULT_MAX_ABS

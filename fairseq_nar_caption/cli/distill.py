@@ -21,7 +21,8 @@ from ..data.manifest import CaptionRow, write_manifest
 from ..data.text import pos_tag_captions
 from ..errors import DataError, OptionError, OutputError
 from ..files import check_output
-from .common import add_device_arg, add_overwrite_arg, parser, positive_int, progress_bar, run_main, split_name
+from ..progress import progress_bar
+from .common import add_device_arg, add_overwrite_arg, parser, positive_int, run_main, split_name
 
 COMMAND = "nar-caption-distill"
 
@@ -33,6 +34,18 @@ def check_distill_output(data: str, path: str, split: str, out_split: str, overw
         raise OutputError(f"{out}: --out-split {out_split} is the split being decoded; its captions are the input")
     return check_output(out, COMMAND, inputs=[os.path.join(data, f"{split}.tsv"), path,
                                               os.path.join(data, "dict.txt")], overwrite=overwrite)
+
+
+def teacher_outputs(loaded, ds, batch_size: int, progress, path: str, split: str, out_name: str):
+    """item id → the teacher's output for every item of ``ds`` (a progress bar on a terminal); an
+    empty output is refused naming the checkpoint, the split and the file not written."""
+    with progress_bar(len(ds), f"distill {split}", "item", enabled=progress) as bar:
+        outputs = inference.decode_dataset(loaded, ds, batch_size, progress=bar.update)
+    empty = [i for i, c in outputs.items() if not c.strip()]
+    if empty:
+        raise DataError(f"{path}: the teacher produced empty outputs for {len(empty)} item(s) of {split} "
+                        f"(first: {empty[:5]}); refusing to write {out_name}")
+    return outputs
 
 
 def distill(data, path, split="train", out_split="train_distill", batch_size=64, generate_args=(),
@@ -47,31 +60,37 @@ def distill(data, path, split="train", out_split="train_distill", batch_size=64,
     loaded = inference.load(data, args, device=device)
     loaded.task.load_dataset(split, per="item")
     ds = loaded.task.dataset(split)
-    with progress_bar(len(ds), f"distill {split}", "item", enabled=progress) as bar:
-        captions = inference.decode_dataset(loaded, ds, batch_size, progress=bar.update)
-    empty = [i for i, c in captions.items() if not c.strip()]
-    if empty:
-        raise DataError(f"{path}: the teacher produced empty captions for {len(empty)} item(s) of "
-                        f"{split} (first: {empty[:5]}); refusing to write {out_split}.tsv")
+    captions = teacher_outputs(loaded, ds, batch_size, progress, path, split, f"{out_split}.tsv")
     ids = list(captions)
     tags = pos_tag_captions([captions[i].split() for i in ids])
     write_manifest(out, [CaptionRow(i, captions[i], " ".join(t)) for i, t in zip(ids, tags)], made_by=COMMAND)
     return out, captions
 
 
-def main(argv=None):
-    p = parser(__doc__, COMMAND)
+def distill_parser(doc: str, command: str, teacher: str):
+    """The options both distillation commands share (``teacher``: the checkpoint's help)."""
+    p = parser(doc, command)
     p.add_argument("data")
-    p.add_argument("--path", required=True, help="AR teacher checkpoint")
+    p.add_argument("--path", required=True, help=teacher)
     p.add_argument("--split", default="train", type=split_name)
     p.add_argument("--out-split", default="train_distill", type=split_name)
     p.add_argument("--batch-size", type=positive_int, default=64)
     add_device_arg(p)
     add_overwrite_arg(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar (it shows only on a terminal)")
+    return p
+
+
+def parse_distill_args(p, argv):
+    """(options, the fairseq-generate arguments after them, the progress setting)."""
     a, extra = p.parse_known_args(argv)
-    out, caps = distill(a.data, a.path, a.split, a.out_split, a.batch_size, [x for x in extra if x != "--"],
-                        a.device, a.overwrite, progress=False if a.no_progress else None)
+    return a, [x for x in extra if x != "--"], False if a.no_progress else None
+
+
+def main(argv=None):
+    a, generate_args, progress = parse_distill_args(distill_parser(__doc__, COMMAND, "AR teacher checkpoint"), argv)
+    out, caps = distill(a.data, a.path, a.split, a.out_split, a.batch_size, generate_args, a.device, a.overwrite,
+                        progress)
     print(f"wrote {out}: {len(caps)} distilled captions")
 
 

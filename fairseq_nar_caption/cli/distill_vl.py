@@ -20,9 +20,10 @@ the decoded split's TSV, and an existing output this command did not write is re
 import os
 
 from .. import inference
-from ..errors import DataError, OptionError, OutputError
+from ..errors import OptionError, OutputError
 from ..files import atomic_write_text, check_output
-from .common import add_device_arg, add_overwrite_arg, parser, positive_int, progress_bar, run_main, split_name
+from .common import run_main
+from .distill import distill_parser, parse_distill_args, teacher_outputs
 
 COMMAND = "nar-caption-distill-vl"
 
@@ -50,12 +51,7 @@ def distill_vl(data, path, vl_task, split="train", out_split="train_distill", ba
         for i, r in enumerate(ds.rows):
             first.setdefault(r.image_id, i)
         ds = ds.select(list(first.values()))
-    with progress_bar(len(ds), f"distill {vl_task} {split}", "item", enabled=progress) as bar:
-        outputs = inference.decode_dataset(loaded, ds, batch_size, progress=bar.update)
-    empty = [k for k, v in outputs.items() if not v.strip()]
-    if empty:
-        raise DataError(f"{path}: the teacher produced empty outputs for {len(empty)} item(s) of {split} "
-                        f"(first: {empty[:5]}); refusing to write {vl_task}_{out_split}.tsv")
+    outputs = teacher_outputs(loaded, ds, batch_size, progress, path, split, f"{vl_task}_{out_split}.tsv")
     lines = []
     for r in ds.rows:
         c = list(r.columns)
@@ -70,20 +66,11 @@ def distill_vl(data, path, vl_task, split="train", out_split="train_distill", ba
 
 
 def main(argv=None):
-    p = parser(__doc__, COMMAND)
-    p.add_argument("data")
-    p.add_argument("--path", required=True, help="AR teacher checkpoint (narvl_ar)")
+    p = distill_parser(__doc__, COMMAND, "AR teacher checkpoint (narvl_ar)")
     p.add_argument("--vl-task", required=True, choices=["caption", "vqa"])
-    p.add_argument("--split", default="train", type=split_name)
-    p.add_argument("--out-split", default="train_distill", type=split_name)
-    p.add_argument("--batch-size", type=positive_int, default=64)
-    add_device_arg(p)
-    add_overwrite_arg(p)
-    p.add_argument("--no-progress", action="store_true", help="no progress bar (it shows only on a terminal)")
-    a, extra = p.parse_known_args(argv)
-    out, outs = distill_vl(a.data, a.path, a.vl_task, a.split, a.out_split, a.batch_size,
-                           [x for x in extra if x != "--"], a.device, a.overwrite,
-                           progress=False if a.no_progress else None)
+    a, generate_args, progress = parse_distill_args(p, argv)
+    out, outs = distill_vl(a.data, a.path, a.vl_task, a.split, a.out_split, a.batch_size, generate_args, a.device,
+                           a.overwrite, progress)
     print(f"wrote {out}: {len(outs)} distilled targets")
 
 

@@ -21,13 +21,14 @@ import os
 import sys
 
 from ..data import extraction
+from ..models.modules import extractors
 from ..errors import OutputError
 from ..files import same_file
 from .common import (INTERRUPTED, add_device_arg, int_at_least, interrupt_status, one_line, parser, positive_int,
                      run_main, want_traceback)
 
 PROG = "nar-caption-extract"
-image_size = int_at_least(extraction.MIN_IMAGE_SIZE)
+image_size = int_at_least(extractors.MIN_IMAGE_SIZE)
 
 
 def check_out_folder(out: str, sources) -> None:
@@ -52,7 +53,7 @@ def main(argv=None):
     p.add_argument("sources", nargs="+", help="folders, list files or image / video files")
     p.add_argument("--out", required=True, help="output folder (a data folder for the captioning task)")
     p.add_argument("--media", default="image", choices=extraction.MEDIA)
-    p.add_argument("--backbone", default="efficientnet-lite0", choices=extraction.BACKBONES)
+    p.add_argument("--backbone", default="efficientnet-lite0", choices=extractors.BACKBONES)
     p.add_argument("--image-size", type=image_size, default=224,
                    help="efficientnet-lite0: resize to S x S, S >= 32 (224 → 7 x 7 grid)")
     p.add_argument("--clip-weights", default=None, help="--backbone clip: local folder of a saved CLIP (vision) model")
@@ -64,7 +65,7 @@ def main(argv=None):
     a = p.parse_args(argv)
     check_out_folder(a.out, a.sources)
     items = extraction.list_media(a.sources)
-    ex = extraction.build_extractor(a.backbone, a.image_size, a.clip_weights, a.device)
+    ex = extractors.build_extractor(a.backbone, a.image_size, a.clip_weights, a.device)
     logging.getLogger().setLevel(logging.WARNING)  # importing fairseq leaves the root logger at DEBUG (hydra)
     batch = a.batch_size or (16 if a.media == "image" else 2)
     try:

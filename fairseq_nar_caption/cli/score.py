@@ -17,7 +17,6 @@ print them; Vocab is a word count); ``--json-out`` writes the raw values.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 from typing import Dict, Iterable, List, Optional
 
@@ -28,8 +27,9 @@ from ..evaluation.coco_metrics import METRICS, coco_scores, scoring_steps
 from ..evaluation.diversity import diversity
 from ..evaluation.references import (check_sample_order, load_coco_refs, load_coco_results, map_sample_ids,
                                      parse_generate_output, parse_generate_targets)
-from ..files import atomic_write_text, check_output
-from .common import add_overwrite_arg, parser, progress_bar, run_main
+from ..files import check_output, write_json
+from ..progress import progress_bar
+from .common import add_overwrite_arg, parser, run_main
 
 COMMAND = "nar-caption-score"
 
@@ -189,7 +189,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, object]:
         )
     print(format_table(result))
     if args.json_out:
-        atomic_write_text(args.json_out, json.dumps(result, indent=2) + "\n", made_by=COMMAND)
+        write_json(args.json_out, result, made_by=COMMAND)
     return result
 
 

@@ -33,18 +33,18 @@ is the same as a Python function.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 from typing import Dict, List, Optional, Sequence
 
 from ..data.boxes import dequantize_box, iou, parse_box_tokens
 from ..errors import DataError
-from ..data.ofa_tsv import TASKS, find_image_file, image_size, parse_box_field, read_ofa_tsv, split_captions
+from ..data.ofa_tsv import (TASKS, find_image_file, image_size, parse_box_field, parse_ofa_answers, read_ofa_tsv,
+                             split_captions)
 from ..evaluation.coco_metrics import METRICS, coco_scores
 from ..evaluation.references import load_coco_refs
-from ..evaluation.vl_metrics import accuracy, grounding_hits, normalize_answer, parse_ofa_answers, vqa_score
-from ..files import atomic_write_text, check_output
+from ..evaluation.vl_metrics import accuracy, grounding_hits, normalize_answer, vqa_score
+from ..files import check_output, write_json
 from .common import add_overwrite_arg, parser, positive_int, run_main
 
 COMMAND = "nar-caption-score-vl"
@@ -221,7 +221,7 @@ def main(argv: Optional[List[str]] = None) -> dict:
                       num_bins=args.num_bins, metrics=args.metrics, spice=args.spice, name=args.name)
     print(summary_line(result))
     if args.json_out:
-        atomic_write_text(args.json_out, json.dumps(result, indent=2) + "\n", made_by=COMMAND)
+        write_json(args.json_out, result, made_by=COMMAND)
     return result
 
 

@@ -1,7 +1,7 @@
 """Glancing training (GLAT: Qian et al., ACL 2021, "Glancing Transformer for Non-Autoregressive
 Neural Machine Translation"), shared by the masked-LM criterion (NACF, ``nacf_loss``) and the
 CTC criterion (NARVL, ``query_ctc``).  Not part of the four papers: an option (``--glat-ratio``,
-default 0 = the paper-faithful training), measured in the arena.
+default 0 = the paper-faithful training; its measured effect: docs/results.md).
 
 Per training sentence, GLAT's two passes:
 
@@ -14,8 +14,8 @@ Per training sentence, GLAT's two passes:
        S = round(λ · d(Y, Ŷ))                                                     (GLAT Eq. 6)
 
    (``glance_count``; rounding half up: λ = 0.5, d = 3 → 2), chosen uniformly at random among the
-   positions; the second pass, with gradient, sees those tokens at their positions and is
-   trained on the others (the masked LM) or on the whole CTC objective.
+   positions (``common.random_positions``); the second pass, with gradient, sees those tokens at
+   their positions and is trained on the others (the masked LM) or on the whole CTC objective.
 
 λ may be annealed linearly from ``--glat-ratio`` to ``--glat-ratio-final`` over
 ``--glat-anneal-updates`` updates (GLAT's 0.5 → 0.3).
@@ -61,14 +61,6 @@ def glancing_ratio(cfg, num_updates: int) -> float:
 def glance_count(distance: Tensor, ratio: float) -> Tensor:
     """S = round(λ · d) per sentence (GLAT Eq. 6), rounding half up."""
     return torch.floor(distance.float() * ratio + 0.5).long()
-
-
-def sample_glance(candidates: Tensor, count: Tensor) -> Tensor:
-    """Choose ``count[b]`` positions uniformly at random among ``candidates[b]`` (B x N bool).
-    Returns the B x N bool mask of revealed positions."""
-    scores = torch.rand(candidates.shape, device=candidates.device).masked_fill(~candidates, 2.0)
-    ranks = scores.argsort(1).argsort(1)
-    return (ranks < count.unsqueeze(1)) & candidates
 
 
 def ctc_best_alignment(lprobs: Tensor, targets: Tensor, tgt_lengths: Tensor, blank: int) -> Tensor:

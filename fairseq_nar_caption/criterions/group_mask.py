@@ -37,14 +37,13 @@ import torch
 import torch.nn.functional as F
 from fairseq import metrics, utils
 from fairseq.criterions import FairseqCriterion, register_criterion
-from fairseq.criterions.label_smoothed_cross_entropy import label_smoothed_nll_loss
 from fairseq.data import data_utils
 from fairseq.dataclass import FairseqDataclass
 from torch import Tensor
 
 from ..errors import DataError, OptionError
 from ..models.saic import filler_layout, filler_targets, outline_layout
-from .nacf_loss import random_mask
+from .common import label_smoothed_nll, log_bits, logged_total, random_mask
 
 TERMS = ("aic", "naic", "outliner", "filler")
 
@@ -116,10 +115,12 @@ class GroupMaskCriterion(FairseqCriterion):
                                  f"drop longer captions or raise it (for the AR teacher too)")
 
     def _nll(self, logits: Tensor, target: Tensor) -> Tuple[Tensor, Tensor, int]:
-        """Label-smoothed NLL summed over the non-pad positions of ``target``."""
+        """Label-smoothed NLL summed over the non-pad positions of ``target`` (ε/(V−1) on each
+        other word, as fairseq's ``label_smoothed_cross_entropy``: ``common``)."""
         lprobs = F.log_softmax(logits.float(), dim=-1)
-        loss, nll = label_smoothed_nll_loss(lprobs, target, self.eps, ignore_index=self.padding_idx)
-        return loss, nll, int(target.ne(self.padding_idx).sum())
+        pad = target.eq(self.padding_idx)
+        loss, nll = label_smoothed_nll(lprobs, target, self.eps, ignore=pad, reduce=True, spread="others")
+        return loss, nll, int((~pad).sum())
 
     def _conventional(self, model, target, encoder_out) -> Dict[str, Tuple[Tensor, Tensor, int]]:
         """{AIC, NAIC} samples of the rows of B_c."""
@@ -185,18 +186,15 @@ class GroupMaskCriterion(FairseqCriterion):
 
     @staticmethod
     def reduce_metrics(logging_outputs: List[dict]) -> None:
-        def total(key):
-            return sum(float(log.get(key, 0)) for log in logging_outputs)
-
-        ln2 = math.log(2)
+        total = logged_total(logging_outputs)
         sample_size = total("sample_size")
-        metrics.log_scalar("loss", total("loss") / sample_size / ln2, sample_size, round=3)
-        metrics.log_scalar("nll_loss", total("nll_loss") / sample_size / ln2, sample_size, round=3)
+        log_bits("loss", total("loss"), sample_size)
+        log_bits("nll_loss", total("nll_loss"), sample_size)
         metrics.log_derived("ppl", lambda meters: utils.get_perplexity(meters["nll_loss"].avg))
         for name in TERMS:
             n = total(f"{name}_tokens")
             if n:
-                metrics.log_scalar(f"{name}_nll", total(f"{name}_nll") / n / ln2, n, round=3)
+                log_bits(f"{name}_nll", total(f"{name}_nll"), n)
         rows = total("nsentences")
         metrics.log_scalar("p_g", total("p_g") / len(logging_outputs), round=3)
         metrics.log_scalar("group_rows", total("group_rows") / rows, rows, round=3)

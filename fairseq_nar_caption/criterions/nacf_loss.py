@@ -19,7 +19,6 @@ masking by glancing: a first pass without gradient on all ``<mask>`` (MP's first
 words it gets wrong, S = round(λ·d) target words shown at random positions (GLAT Eq. 6), the
 others masked and predicted (L_mlm on them).  L_len and L_vis are unchanged.
 """
-import math
 from dataclasses import dataclass, field
 
 import torch
@@ -29,7 +28,8 @@ from fairseq.criterions import FairseqCriterion, register_criterion
 
 from ..errors import DataError, OptionError
 from ..data.visual_words import BE_FORMS, NOUN, VERB
-from .glancing import GlancingConfig, check_glancing, glance_count, glancing_ratio, sample_glance
+from .common import label_smoothed_nll, log_bits, logged_total, random_mask, random_positions
+from .glancing import GlancingConfig, check_glancing, glance_count, glancing_ratio
 
 
 @dataclass
@@ -50,22 +50,9 @@ def nar_targets(target, eos, pad):
     return words[:, : int(lengths.max())], lengths
 
 
-def random_mask(words, lengths, low, high, pad):
-    """Eq. 4-5 masking: per row n ~ U{max(1,⌊L·β_l⌋) .. max(1,⌊L·β_h⌋)} random positions.
-    Returns a bool mask (True = masked)."""
-    lo = torch.clamp((lengths.float() * low).floor(), min=1)
-    hi = torch.clamp((lengths.float() * high).floor(), min=1)
-    n = (lo + torch.rand_like(lo) * (hi - lo + 1)).floor().clamp(max=hi).long()
-    scores = torch.rand(words.shape, device=words.device).masked_fill(words.eq(pad), 2.0)
-    ranks = scores.argsort(1).argsort(1)
-    return ranks < n.unsqueeze(1)
-
-
 def smoothed_nll(logits, target, select, eps):
-    """Mean over selected positions of (1-ε)·NLL + ε·uniform cross-entropy."""
-    lprobs = F.log_softmax(logits[select].float(), dim=-1)
-    nll = -lprobs.gather(-1, target[select].unsqueeze(-1)).squeeze(-1)
-    loss = (1 - eps) * nll - eps * lprobs.mean(-1) if eps > 0 else nll
+    """Mean over the selected positions of (1-ε)·NLL + ε·uniform cross-entropy (``common``)."""
+    loss, nll = label_smoothed_nll(F.log_softmax(logits[select].float(), dim=-1), target[select], eps)
     return loss.mean(), nll.mean()
 
 
@@ -113,7 +100,7 @@ class NACFLoss(FairseqCriterion):
             with torch.no_grad():
                 first = model.forward_decoder_nar(words.masked_fill(nonpad, self.mask), encoder_out)
                 distance = (first.argmax(-1).ne(words) & nonpad).sum(1)
-                shown = sample_glance(nonpad, glance_count(distance, ratio))
+                shown = random_positions(nonpad, glance_count(distance, ratio))  # GLAT Eq. 6
             masked = nonpad & ~shown
             if not masked.any():  # λ = 1 and every word wrong: keep one loss position per batch
                 masked = nonpad
@@ -142,12 +129,14 @@ class NACFLoss(FairseqCriterion):
 
     @staticmethod
     def reduce_metrics(logging_outputs) -> None:
-        n = len(logging_outputs)
+        n, total = len(logging_outputs), logged_total(logging_outputs)
         for key in ("loss", "mlm_loss", "mlm_nll", "len_loss", "vis_loss", "glat_shown", "glat_wrong"):
-            vals = [log[key] for log in logging_outputs if key in log]
-            if vals:  # losses in bits; the glancing fractions as they are
-                scale = 1.0 if key.startswith("glat") else math.log(2)
-                metrics.log_scalar(key, sum(float(v) for v in vals) / n / scale, n, round=3)
+            if not any(key in log for log in logging_outputs):
+                continue
+            if key.startswith("glat"):  # the glancing fractions as they are
+                metrics.log_scalar(key, total(key) / n, n, round=3)
+            else:
+                log_bits(key, total(key), n)
 
     @staticmethod
     def logging_outputs_can_be_summed() -> bool:

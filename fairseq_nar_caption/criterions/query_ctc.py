@@ -13,7 +13,8 @@ without ``</s>`` (the generator appends it).  Per sentence, summed over the batc
   and logged as ``infeasible`` (the task refuses them at load time already:
   ``ctc_min_positions``).
 - ``--label-smoothing ε``: (1 − ε)·CTC + ε·mean over queries of the uniform-target
-  cross-entropy (−mean_v log p_v), as fairseq's ``nat_loss`` smooths.
+  cross-entropy (−mean_v log p_v, ``common.uniform_ce``) times the target length, as fairseq's
+  ``nat_loss`` smooths.
 - ``--loss ce`` (Table 8 ablation): the first n = L queries are supervised position-wise
   with the target tokens, the remaining N − L with ``<blank>``; decode it with
   ``--generator ctc --ctc-no-merge`` (drop blanks only).
@@ -24,9 +25,7 @@ without ``</s>`` (the generator appends it).  Per sentence, summed over the batc
   ``<blank>``) in place of the query, and Eq. 1 is computed on the second pass.  The decoder
   learns to complete a partly given alignment: what ``--ctc-refine-passes`` decoding asks of it.
 """
-import math
 from dataclasses import dataclass, field
-from typing import List
 
 import torch
 import torch.nn.functional as F
@@ -36,8 +35,9 @@ from fairseq.dataclass import ChoiceEnum
 from torch import Tensor
 
 from ..errors import OptionError
-from .glancing import (GlancingConfig, check_glancing, ctc_best_alignment, glance_count, glancing_ratio,
-                       sample_glance)
+from ..models.narvl import ctc_min_positions
+from .common import log_bits, logged_total, random_positions, uniform_ce
+from .glancing import GlancingConfig, check_glancing, ctc_best_alignment, glance_count, glancing_ratio
 
 
 @dataclass
@@ -45,11 +45,6 @@ class QueryCTCConfig(GlancingConfig):
     loss: ChoiceEnum(["ctc", "ce"]) = field(
         default="ctc", metadata={"help": "ctc: Query-CTC (Eq. 1); ce: position-wise cross-entropy (Table 8)"})
     label_smoothing: float = field(default=0.0, metadata={"help": "ε of the uniform smoothing term"})
-
-
-def ctc_min_positions(tokens: List[int]) -> int:
-    """Decoder positions a CTC alignment of ``tokens`` needs: L + (adjacent repeats)."""
-    return len(tokens) + sum(1 for a, b in zip(tokens, tokens[1:]) if a == b)
 
 
 def strip_targets(target: Tensor, pad: int, eos: int):
@@ -99,7 +94,7 @@ class QueryCTCCriterion(FairseqCriterion):
             aligned = ctc_best_alignment(lp, targets, tgt_lengths, self.blank)
             wrong = lp.argmax(-1).ne(aligned) & fits.unsqueeze(1)
             distance = wrong.sum(1)
-            reveal = sample_glance(fits.unsqueeze(1).expand_as(wrong), glance_count(distance, ratio))
+            reveal = random_positions(fits.unsqueeze(1).expand_as(wrong), glance_count(distance, ratio))  # GLAT Eq. 6
         glance = aligned.masked_fill(~reveal, self.pad)
         return model.decoder(encoder_out=encoder_out, glance_tokens=glance), int(reveal.sum()), int(distance.sum())
 
@@ -131,7 +126,7 @@ class QueryCTCCriterion(FairseqCriterion):
                 nll_tok = nll_tok.masked_fill(pad_mask, 0.0)
             main = nll_tok.sum(1).masked_fill(~feasible, 0.0)
         if self.eps > 0:
-            smooth = -lprobs.mean(-1)  # B x N: cross-entropy to the uniform distribution
+            smooth = uniform_ce(lprobs)  # B x N: cross-entropy to the uniform distribution
             if pad_mask is not None:
                 smooth = smooth.masked_fill(pad_mask, 0.0)
             smooth = (smooth.sum(1) / out_lengths.float()).masked_fill(~feasible, 0.0)
@@ -153,10 +148,10 @@ class QueryCTCCriterion(FairseqCriterion):
 
     @staticmethod
     def reduce_metrics(logging_outputs) -> None:
-        total = lambda k: sum(log.get(k, 0) for log in logging_outputs)  # noqa: E731
+        total = logged_total(logging_outputs)
         sample_size = total("sample_size")
-        metrics.log_scalar("loss", total("loss") / sample_size / math.log(2), sample_size, round=3)
-        metrics.log_scalar("nll_loss", total("nll_loss") / sample_size / math.log(2), sample_size, round=3)
+        log_bits("loss", total("loss"), sample_size)
+        log_bits("nll_loss", total("nll_loss"), sample_size)
         # infeasible alignments (target needs more than N positions): a count, never hidden
         metrics.log_scalar_sum("infeasible", total("infeasible"))
         if any("glat_revealed" in log for log in logging_outputs):  # glancing: frames shown per target token

@@ -18,9 +18,11 @@ Per batch of captions (fixed length L, ``RDTModel.fixed_length``):
 
 Slots: the losses and the quality scores cover the caption's words and its first </s>
 (``--loss-slots sentence``, as the reference's masks) or all L slots (``all``).
-Validation draws t' and ε from a fixed seed so validation losses are comparable.
+Validation draws t' and ε from a fixed seed so validation losses are comparable.  Step 1's
+draws, the encoder pass and the cascade condition: ``rdt_common``, shared with stage 2.
+Logged: ``loss`` and ``nll_loss`` in bits, as every criterion of the suite; the terms
+``xe``, ``bit`` and ``rank`` as they enter Eq. 13.
 """
-import math
 from dataclasses import dataclass, field
 from typing import List
 
@@ -32,7 +34,8 @@ from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 from torch import Tensor
 
 from ..errors import OptionError
-from ..models.rdt import forward_noise
+from .common import label_smoothed_nll, log_bits, logged_total
+from .rdt_common import caption_bits, check_rdt_model, noised_inputs
 
 TERMS = ("xe", "bit", "rank")
 
@@ -67,11 +70,6 @@ def ranking_loss(q_pred: Tensor, q_star: Tensor, t: Tensor, delta_tim: float, de
     return (m_tim * m_sen * pair).sum() / (n * n)  # Eq. 26
 
 
-def logged_total(logging_outputs: List[dict]):
-    """key -> sum over the workers' logging outputs (both RDT criteria)."""
-    return lambda key: sum(float(log.get(key, 0)) for log in logging_outputs)
-
-
 @register_criterion("rdt_loss", dataclass=RDTLossConfig)
 class RDTLossCriterion(FairseqCriterion):
     def __init__(self, task, lambda_xe, lambda_bit, lambda_rank, delta_tim, delta_sen, label_smoothing, max_time,
@@ -83,28 +81,11 @@ class RDTLossCriterion(FairseqCriterion):
             raise OptionError(f"--max-time must be in (0, 1], got {max_time}")
         self.max_time, self.loss_slots = max_time, loss_slots
 
-    def draw(self, model, shape_t, x0: Tensor):
-        """t' ~ U(0, max_time) and ε; fixed seed in evaluation mode."""
-        if model.training:
-            return torch.rand(shape_t, device=x0.device) * self.max_time, torch.randn_like(x0)
-        g = torch.Generator().manual_seed(0)
-        t = torch.rand(shape_t, generator=g) * self.max_time
-        return t.to(x0.device), torch.randn(x0.shape, generator=g).to(x0)
-
     def forward(self, model, sample, reduce=True):
-        if not hasattr(model, "denoise"):
-            raise OptionError(f"--criterion rdt_loss trains RDT (--arch rdt*), got {type(model).__name__}")
-        target = model.fixed_length(sample["target"], sample.get("item_ids"))
+        check_rdt_model(model, "rdt_loss")
+        target, x0 = caption_bits(model, sample["target"], sample.get("item_ids"))
         bsz = target.size(0)
-        x0 = model.to_bits(target)
-        t, noise = self.draw(model, (bsz,), x0)
-        x_t, gamma = forward_noise(x0, t, model.noise_schedule, noise)  # Eq. 1
-        if model.cfg.cascaded and "cascade_tokens" not in sample:
-            raise OptionError("a --cascaded model trains on a first model's captions: set the task's "
-                             "--cascade-manifests (one caption per item of every split it reads)")
-        encoder_out = model.forward_encoder(sample["net_input"])
-        cascade = model.to_bits(model.fixed_length(sample["cascade_tokens"], sample.get("item_ids"), "first-stage "
-                                                   "caption")) if model.cfg.cascaded else None
+        t, x_t, gamma, encoder_out, cascade = noised_inputs(model, sample, x0, self.max_time)  # Eq. 1
         self_cond = None
         if model.training and torch.rand(()) < model.cfg.self_cond_prob:
             with torch.no_grad():
@@ -115,11 +96,9 @@ class RDTLossCriterion(FairseqCriterion):
         n_slots = slots.sum()
         # L_bit (Eq. 2): squared error per bit, averaged over the slots' bits
         bit = ((x0_hat.float() - x0) ** 2).mean(-1)[slots].sum() / n_slots
-        # L_XE: label-smoothed cross-entropy over the slots
+        # L_XE: label-smoothed cross-entropy over the slots, uniform smoothing over the words
         lprobs = F.log_softmax(logits.float(), dim=-1)
-        nll = -lprobs.gather(-1, target.unsqueeze(-1)).squeeze(-1)
-        smooth = -lprobs.masked_fill(torch.isinf(lprobs), 0).sum(-1) / model.word_mask.sum()
-        xe_tok = (1 - self.eps) * nll + self.eps * smooth
+        xe_tok, nll = label_smoothed_nll(lprobs, target, self.eps, num_classes=model.word_mask.sum())
         xe = xe_tok[slots].sum() / n_slots
         nll_mean = nll[slots].sum() / n_slots
         # L_rank (Eq. 24-28)
@@ -139,14 +118,14 @@ class RDTLossCriterion(FairseqCriterion):
         n = total("sample_size")
         if not n:
             return
-        metrics.log_scalar("loss", total("loss") / n, n, round=4)
-        metrics.log_scalar("nll_loss", total("nll_loss") / n / math.log(2), n, round=3)
+        log_bits("loss", total("loss"), n, round=4)
+        log_bits("nll_loss", total("nll_loss"), n)
+        log_bits("xe", total("xe"), n, round=4)  # a cross-entropy: in bits like every loss
         for name in TERMS:
-            metrics.log_scalar(name, total(name) / n, n, round=4)
+            if name != "xe":  # a squared error and a hinge: as they are
+                metrics.log_scalar(name, total(name) / n, n, round=4)
 
     @staticmethod
     def logging_outputs_can_be_summed() -> bool:
         return True
 
-
-from . import rdt_scst  # noqa: E402,F401  (stage 2, guided SCST: registered with stage 1)

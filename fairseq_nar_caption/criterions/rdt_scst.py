@@ -23,6 +23,8 @@ Validation is the task's decode score, as for every model of the suite: ``--eval
 decodes the validation split with the diffusion sampler (the task's ``--diffusion-steps``,
 ``--time-difference``) and logs its corpus CIDEr-D as ``cider``: ``--best-checkpoint-metric cider
 --maximize-best-checkpoint-metric``.  The criterion itself adds nothing to a validation pass.
+
+Step 1's draws and the encoder pass are stage 1's (``rdt_common``).
 """
 from dataclasses import dataclass, field
 from typing import List
@@ -37,7 +39,8 @@ from torch import Tensor
 from ..data.manifest import item_references
 from ..errors import DataError, OptionError
 from ..evaluation.coco_metrics import CorpusCiderD
-from ..models.rdt import forward_noise
+from .common import logged_total
+from .rdt_common import check_rdt_model, noised_inputs
 
 
 @dataclass
@@ -80,8 +83,7 @@ class RDTSCSTCriterion(FairseqCriterion):
         return self.dictionary.string(row[:n].cpu())
 
     def forward(self, model, sample, reduce=True):
-        if not hasattr(model, "denoise"):
-            raise OptionError(f"--criterion rdt_scst trains RDT (--arch rdt*), got {type(model).__name__}")
+        check_rdt_model(model, "rdt_scst")
         use_teacher = "distill_target" in sample
         if (self.teacher_as_input or self.teacher_sample) and not use_teacher and model.training:
             raise OptionError("guided SCST needs the AR teacher's captions: set --hybrid-distill-split train_distill "
@@ -97,14 +99,7 @@ class RDTSCSTCriterion(FairseqCriterion):
                                                             "ntokens": bsz}
         refs = sample["references"]
         cider = self.cider()
-        t, noise = torch.rand(bsz, device=x0.device) * self.max_time, torch.randn_like(x0)
-        x_t, gamma = forward_noise(x0, t, model.noise_schedule, noise)  # Eq. 1
-        if model.cfg.cascaded and "cascade_tokens" not in sample:
-            raise OptionError("a --cascaded model trains on a first model's captions: set the task's "
-                             "--cascade-manifests (one caption per item of every split it reads)")
-        encoder_out = model.forward_encoder(sample["net_input"])
-        cascade = model.to_bits(model.fixed_length(sample["cascade_tokens"], ids, "first-stage caption")) \
-            if model.cfg.cascaded else None
+        _, x_t, gamma, encoder_out, cascade = noised_inputs(model, sample, x0, self.max_time)  # Eq. 1
         logits, _ = model.denoise(x_t, gamma, encoder_out, None, cascade)
         lprobs = F.log_softmax(logits.float(), dim=-1)  # B x L x W
 
@@ -128,8 +123,6 @@ class RDTSCSTCriterion(FairseqCriterion):
 
     @staticmethod
     def reduce_metrics(logging_outputs: List[dict]) -> None:
-        from .rdt_loss import logged_total  # rdt_loss imports this module at its end
-
         total = logged_total(logging_outputs)
         n = total("sample_size")
         if not n:

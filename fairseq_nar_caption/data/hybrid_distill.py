@@ -14,10 +14,13 @@ Every item of the wrapped dataset must have exactly one distilled caption; a
 missing or duplicated item, or a word outside the dictionary, is a ``DataError``
 naming the file and the item.
 """
-from typing import Dict
+import os
+from dataclasses import dataclass, field
+from typing import Dict, Optional
 
 import numpy as np
 from fairseq.data import BaseWrapperDataset, data_utils
+from fairseq.dataclass import FairseqDataclass
 
 from .caption_dataset import CaptionDataset, encode_caption
 from .manifest import read_manifest
@@ -56,3 +59,19 @@ class HybridDistillDataset(BaseWrapperDataset):
 
     def num_tokens_vec(self, indices) -> np.ndarray:
         return self.dataset.num_tokens_vec(indices)
+
+
+@dataclass
+class HybridDistillConfig(FairseqDataclass):
+    """SAIC's hybrid distillation as an option of the ``captioning`` task (criterion ``group_mask``)."""
+    hybrid_distill_split: Optional[str] = field(
+        default=None, metadata={"help": "distillation manifest (e.g. train_distill) giving training splits a "
+                                        "distill_target per caption: the AR teacher's caption of the same item"})
+
+
+def with_distilled_targets(cfg, data: str, dataset):
+    """A training split (one example per caption) with the distilled targets ``--hybrid-distill-split``
+    names; any other dataset unchanged."""
+    if cfg.hybrid_distill_split and dataset.per == "caption":
+        return HybridDistillDataset(dataset, os.path.join(data, f"{cfg.hybrid_distill_split}.tsv"))
+    return dataset

@@ -20,7 +20,6 @@ from __future__ import annotations
 import csv
 import io
 import logging
-import os
 from dataclasses import dataclass
 from typing import Dict, Iterable, List, Optional
 

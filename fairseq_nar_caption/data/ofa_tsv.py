@@ -1,6 +1,6 @@
 """OFA-format TSV files of the vision-language tasks: layouts, reading, writing, images.
 
-Column layouts (OFA's README, ANCHORS.md §3 "TSV formats"); ``OFA_COLUMNS[task]``:
+Column layouts (OFA's README, its TSV formats); ``OFA_COLUMNS[task]``:
 
 =========== =====================================================================
 task        columns (tab separated, no header in OFA's files)
@@ -15,7 +15,7 @@ entailment  uniq_id, image_id, image, hypothesis, premise, label
   ``base64.urlsafe_b64decode``).  ``image_to_b64`` / ``b64_to_image``.
 - ``caption``: one caption; in evaluation files (OFA's val/test) all reference
   captions of the image joined by ``&&`` (``split_captions``).
-- ``answers``: ``conf|!+answer&&conf|!+answer`` (``evaluation.vl_metrics.parse_ofa_answers``);
+- ``answers``: ``conf|!+answer&&conf|!+answer`` (``parse_ofa_answers``);
   empty when a split has no annotations (VQAv2 test).
 - ``box``: ``x0,y0,x1,y1`` in pixels of the stored image (``parse_box_field``).
 - ``objects``: OFA's detector tags ("predicted objects (unused)"); we have no
@@ -267,6 +267,53 @@ def find_image_file(image_dir: str, image_id: str, extensions: Sequence[str] = I
         if os.path.isfile(p):
             return p
     raise DataError(f"{image_dir}: no image file for image id {image_id} (tried {', '.join(tried)})")
+
+
+# --- VQA answer fields ---------------------------------------------------------------------
+
+ANSWER_SEP = "&&"
+CONF_SEP = "|!+"
+
+
+def parse_ofa_answers(field: str) -> Dict[str, float]:
+    """``"0.6|!+two&&1.0|!+2"`` -> ``{"two": 0.6, "2": 1.0}`` (answers as written, stripped).
+
+    Raises ValueError naming the field for an empty field, an entry without
+    ``|!+``, a confidence that is not a number in [0, 1], an empty answer or an
+    answer listed twice.
+    """
+    if not isinstance(field, str) or not field.strip():
+        raise ValueError(f"empty VQA answer field {field!r} (expected 'conf|!+answer&&...')")
+    out: Dict[str, float] = {}
+    for entry in field.split(ANSWER_SEP):
+        conf, sep, answer = entry.partition(CONF_SEP)
+        if not sep:
+            raise ValueError(f"VQA answer field {field!r}: entry {entry!r} lacks '{CONF_SEP}' (expected 'conf|!+answer')")
+        try:
+            c = float(conf)
+        except ValueError:
+            raise ValueError(f"VQA answer field {field!r}: confidence {conf!r} is not a number") from None
+        if not 0.0 <= c <= 1.0:
+            raise ValueError(f"VQA answer field {field!r}: confidence {c} is outside [0, 1]")
+        answer = answer.strip()
+        if not answer:
+            raise ValueError(f"VQA answer field {field!r}: empty answer in entry {entry!r}")
+        if answer in out:
+            raise ValueError(f"VQA answer field {field!r}: answer {answer!r} listed twice")
+        out[answer] = c
+    return out
+
+
+def format_ofa_answers(answers_conf: Dict[str, float]) -> str:
+    """The inverse of ``parse_ofa_answers``: highest confidence first, ties by answer."""
+    if not answers_conf:
+        raise ValueError("no answers to format")
+    parts = []
+    for answer, conf in sorted(answers_conf.items(), key=lambda kv: (-kv[1], kv[0])):
+        if ANSWER_SEP in answer or CONF_SEP in answer or "\t" in answer or "\n" in answer or not answer.strip():
+            raise ValueError(f"answer {answer!r} is empty or contains '&&', '|!+', a tab or a newline")
+        parts.append(f"{round(float(conf), 4)!r}{CONF_SEP}{answer}")
+    return ANSWER_SEP.join(parts)
 
 
 # --- writing ----------------------------------------------------------------------------------

@@ -49,15 +49,17 @@ Every item of the wrapped split must have an entry; a missing item, an empty lis
 empty sentence is a ``DataError`` naming the file and the item.
 """
 import os
+from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
 from fairseq.data import BaseWrapperDataset, data_utils
+from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 
 from .caption_dataset import base_caption_dataset, encode_caption
 from .manifest import read_manifest
-from ..errors import DataError
+from ..errors import DataError, OptionError
 from ..files import load_json, sha256_file
 
 
@@ -315,3 +317,59 @@ class RetrievalDataset(BaseWrapperDataset):
 
     def num_tokens_vec(self, indices) -> np.ndarray:
         return self.base.num_tokens_vec(indices)
+
+
+# ----------------------------------------------------------------------------- the task's options
+@dataclass
+class RetrievalConfig(FairseqDataclass):
+    """RDT's conditions as options of the ``captioning`` task (any other model ignores them)."""
+    retrieval_file: Optional[str] = field(
+        default=None, metadata={"help": "JSON of retrieved sentences per item (nar-caption-retrieve); relative "
+                                        "to --data or absolute"})
+    retrieval_topk: int = field(default=5, metadata={"help": "training samples among the top-k retrieved sentences"})
+    retrieval_gt_prob: float = field(
+        default=0.0, metadata={"help": "training: probability of conditioning on another GT caption of the item"})
+    retrieval_test_rank: int = field(
+        default=0, metadata={"help": "evaluation splits: condition on the retrieved sentence of this rank (0 = top-1)"})
+    retrieval_condition: ChoiceEnum(["retrieved", "random", "none"]) = field(
+        default="retrieved", metadata={"help": "evaluation splits (a diagnostic): retrieved = the sentence of "
+                                               "--retrieval-test-rank; random = a random sentence of the retrieval "
+                                               "file (a training caption, seeded per item); none = no sentence "
+                                               "(the retrieved slots all masked out)"})
+    cascade_manifests: Optional[str] = field(
+        default=None, metadata={"help": "comma-separated manifests (relative to --data) with a first-stage caption "
+                                        "per item: the condition of a cascaded (second-stage) RDT in training"})
+
+
+class Conditions:
+    """What a task built from ``RetrievalConfig`` conditions its splits on: the retrieval file
+    (checked against the data folder ``data``) and the first-stage captions of a cascade, read once;
+    ``wrap(split, dataset)`` adds them to a split's dataset.  ``from_config`` gives None when no
+    option asks for a condition."""
+
+    def __init__(self, cfg, data: str, seed: int = 1):
+        self.cfg, self.seed = cfg, seed
+        path = lambda p: p if os.path.isabs(p) else os.path.join(data, p)  # noqa: E731
+        self.retrieval_path = path(cfg.retrieval_file) if cfg.retrieval_file else None
+        self.retrieval = RetrievalFile(self.retrieval_path, data) if self.retrieval_path else None
+        self.retrieved = self.retrieval.items if self.retrieval is not None else None
+        self.cascade_source = ",".join(path(p) for p in cfg.cascade_manifests.split(",")) \
+            if cfg.cascade_manifests else ""
+        self.cascade = load_cascade_manifests(self.cascade_source.split(",")) if cfg.cascade_manifests else None
+
+    @classmethod
+    def from_config(cls, cfg, data: str, seed: int = 1) -> Optional["Conditions"]:
+        """The options checked (before any data is read), then the conditions, or None."""
+        if cfg.retrieval_topk < 1 or cfg.retrieval_test_rank < 0 or not 0 <= cfg.retrieval_gt_prob <= 1:
+            raise OptionError(f"need --retrieval-topk >= 1, --retrieval-test-rank >= 0 and 0 <= --retrieval-gt-prob "
+                              f"<= 1, got {cfg.retrieval_topk}, {cfg.retrieval_test_rank}, {cfg.retrieval_gt_prob}")
+        return cls(cfg, data, seed) if cfg.retrieval_file or cfg.cascade_manifests else None
+
+    def wrap(self, split: str, dataset):
+        """``dataset`` of ``split`` with its conditions (the split's manifest checked against the
+        retrieval file's fingerprint)."""
+        if self.retrieval is not None:
+            self.retrieval.check_split(split)
+        return RetrievalDataset(dataset, self.retrieved, self.retrieval_path, self.cfg.retrieval_topk,
+                                self.cfg.retrieval_gt_prob, self.seed, self.cascade, self.cascade_source,
+                                self.cfg.retrieval_test_rank, self.cfg.retrieval_condition)

@@ -9,12 +9,12 @@
   ``read_dictionary``: the entries of a ``dict.txt``, every line checked as fairseq reads it
   (``<word> <count> [#fairseq:overwrite]``): a line without its count, a repeated word, a blank
   line or a tab is one DataError naming the file and the line (a leading byte-order mark is
-  accepted); ``load_dictionary``: those entries as a fairseq ``Dictionary``.
+  accepted); ``load_dictionary``: those entries as a fairseq ``Dictionary`` (``RESERVED_SYMBOLS``
+  are appended by the tasks).
 """
 from __future__ import annotations
 
 import functools
-import os
 import re
 import string
 from collections import Counter
@@ -22,7 +22,10 @@ from typing import Iterable, List, Optional, Sequence, Tuple
 
 from ..errors import DataError
 from ..files import atomic_write_text, read_text
-from ..errors import DataError
+
+# appended to every dictionary after dict.txt's words (and a task's own symbols), so AR teachers and
+# every NAR model share one index space: the masked LM's mask, NACF's visual-word slot, CTC's blank
+RESERVED_SYMBOLS = ("<mask>", "<vis>", "<blank>")
 
 # ASCII punctuation is deleted outright (so "t-shirt" -> "tshirt", "man's" -> "mans");
 # any other non-word, non-space character (unicode quotes, dashes, symbols) too.

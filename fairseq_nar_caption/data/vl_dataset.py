@@ -1,4 +1,4 @@
-"""Vision-language examples in OFA's TSV formats (ANCHORS.md §3), for ``tasks/vision_language.py``.
+"""Vision-language examples in OFA's TSV formats (OFA's README), for ``tasks/vision_language.py``.
 
 Columns (tab-separated; read by ``data/ofa_tsv.py``, the one reader of these files, which
 also accepts a header line naming the columns):
@@ -15,7 +15,7 @@ resolved as ``<image-dir>/<id>.png`` (or .jpg) — the toy benchmark's layout.
 
 Rows stay in file order: sample id i = i-th data row (what ``cli/score_vl.py`` expects).
 Every bad row stops at load time with one message naming the file and the line; VQA
-answers are parsed by the scorer's own ``evaluation.vl_metrics.parse_ofa_answers``.
+answers are parsed by the scorer's own reader, ``ofa_tsv.parse_ofa_answers``.
 Images are checked at load time too (``image_check``, the task's ``--image-check``):
 ``full`` decodes every image once; ``lazy`` only checks that each file exists (or that
 each base64 string carries an image header) and decodes when a row is read.
@@ -32,17 +32,17 @@ import torch
 from fairseq.data import FairseqDataset, data_utils
 from PIL import Image
 
-from ..evaluation.vl_metrics import parse_ofa_answers
 from .caption_dataset import SourceTargetSizes
 from ..errors import DataError
-from .ofa_tsv import ENTAILMENT_LABELS, OFA_COLUMNS, image_size, iter_ofa_tsv, parse_box_field, split_captions
+from .ofa_tsv import (ENTAILMENT_LABELS, OFA_COLUMNS, image_size, iter_ofa_tsv, parse_box_field, parse_ofa_answers,
+                      split_captions)
 from .images import to_rgb
 
 IMAGE_CHECKS = ("full", "lazy")
 
 
 def prompt_for(task: str, text: str, premise: str = "") -> str:
-    """OFA's prompts (ANCHORS.md §3); VQA's prompt is the question itself."""
+    """OFA's prompts (its README and task code); VQA's prompt is the question itself."""
     text = text.strip()
     if task == "caption":
         return " what does the image describe?"

@@ -5,7 +5,7 @@ pass and each item, every row decodes that item at batch 1, in an order rotated 
 (row r first at item r, …), so drift on a shared machine (another job, thermal state,
 caches) hits every row alike.  Per row:
 
-- latency: per item, the whole ``task.inference_step`` (encoder included, as DESIGN.md
+- latency: per item, the whole ``task.inference_step`` (encoder included, as docs/benchmark.md
   asks), not data loading; the first ``warmup`` items of the first pass are decoded but
   not timed; ``torch.cuda.synchronize()`` before reading the clock on GPU; summarised
   as the median and the inter-quartile range over items × passes;
@@ -29,6 +29,7 @@ from typing import Dict, List, Optional, Sequence
 import torch
 
 from .. import inference
+from ..generators.base import extra_models
 
 
 def _sync(device: torch.device):
@@ -46,7 +47,7 @@ class PassCounter:
     from the row's models and generator (a NACF teacher, SAIC's beam-search wrapper …)."""
 
     def __init__(self, loaded: "inference.Loaded"):
-        roots = list(loaded.models) + [v for v in vars(loaded.generator).values() if isinstance(v, torch.nn.Module)]
+        roots = list(loaded.models) + extra_models(loaded.generator)
         seen, self.handles, self.count = set(), [], 0
         for root in roots:
             for name, mod in root.named_modules():

@@ -1,7 +1,7 @@
 """Metrics of the vision-language tasks (NARVL): VQA, visual grounding, entailment.
 
-- ``parse_ofa_answers(field)``: OFA's VQA answer field ``"conf|!+answer&&conf|!+answer"``
-  (ANCHORS.md §3 "TSV formats") -> ``{answer: confidence}``.
+- the answer field (``"conf|!+answer&&conf|!+answer"`` -> ``{answer: confidence}``) is read by
+  ``data.ofa_tsv.parse_ofa_answers``, the one reader training and scoring share.
 - ``normalize_answer(s)``: the answer normalisation of the official VQA evaluation
   (``vqaEval.py`` of the VQA API), see below.
 - ``vqa_score(pred, answers_conf)``: VQA soft accuracy of one prediction as OFA
@@ -34,9 +34,6 @@ from typing import Dict, List, Optional, Sequence
 
 from ..data.boxes import iou
 
-ANSWER_SEP = "&&"
-CONF_SEP = "|!+"
-
 _PUNCT = [";", "/", "[", "]", '"', "{", "}", "(", ")", "=", "+", "\\", "_", "-", ">", "<", "@", "`", ",", "?", "!"]
 _COMMA_STRIP = re.compile(r"(\d)(,)(\d)")
 _PERIOD_STRIP = re.compile(r"\.(?!\d)")
@@ -59,47 +56,6 @@ _CONTRACTIONS = {
     "whyre": "why're", "whys": "why's", "wont": "won't", "wouldve": "would've", "wouldnt": "wouldn't",
     "yall": "y'all", "youd": "you'd", "youll": "you'll", "youre": "you're", "youve": "you've",
 }
-
-
-def parse_ofa_answers(field: str) -> Dict[str, float]:
-    """``"0.6|!+two&&1.0|!+2"`` -> ``{"two": 0.6, "2": 1.0}`` (answers as written, stripped).
-
-    Raises ValueError naming the field for an empty field, an entry without
-    ``|!+``, a confidence that is not a number in [0, 1], an empty answer or an
-    answer listed twice.
-    """
-    if not isinstance(field, str) or not field.strip():
-        raise ValueError(f"empty VQA answer field {field!r} (expected 'conf|!+answer&&...')")
-    out: Dict[str, float] = {}
-    for entry in field.split(ANSWER_SEP):
-        conf, sep, answer = entry.partition(CONF_SEP)
-        if not sep:
-            raise ValueError(f"VQA answer field {field!r}: entry {entry!r} lacks '{CONF_SEP}' (expected 'conf|!+answer')")
-        try:
-            c = float(conf)
-        except ValueError:
-            raise ValueError(f"VQA answer field {field!r}: confidence {conf!r} is not a number") from None
-        if not 0.0 <= c <= 1.0:
-            raise ValueError(f"VQA answer field {field!r}: confidence {c} is outside [0, 1]")
-        answer = answer.strip()
-        if not answer:
-            raise ValueError(f"VQA answer field {field!r}: empty answer in entry {entry!r}")
-        if answer in out:
-            raise ValueError(f"VQA answer field {field!r}: answer {answer!r} listed twice")
-        out[answer] = c
-    return out
-
-
-def format_ofa_answers(answers_conf: Dict[str, float]) -> str:
-    """The inverse of ``parse_ofa_answers``: highest confidence first, ties by answer."""
-    if not answers_conf:
-        raise ValueError("no answers to format")
-    parts = []
-    for answer, conf in sorted(answers_conf.items(), key=lambda kv: (-kv[1], kv[0])):
-        if ANSWER_SEP in answer or CONF_SEP in answer or "\t" in answer or "\n" in answer or not answer.strip():
-            raise ValueError(f"answer {answer!r} is empty or contains '&&', '|!+', a tab or a newline")
-        parts.append(f"{round(float(conf), 4)!r}{CONF_SEP}{answer}")
-    return ANSWER_SEP.join(parts)
 
 
 def _process_punctuation(text: str) -> str:

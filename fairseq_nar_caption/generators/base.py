@@ -1,10 +1,10 @@
-"""The frame every caption generator of this package shares (DESIGN.md, "the generator frame").
+"""The frame every caption generator of this package shares.
 
 A generator is built as ``cls(models, dictionary, options, args, context)``:
 
 - ``models``: the loaded models (one; ``max_models`` > 1 for a cascade);
 - ``dictionary``: the target dictionary;
-- ``options``: the generator's own dataclass from ``options.py`` (never the task);
+- ``options``: the generator's own options dataclass (never the task);
 - ``args``: fairseq's generation config (``--max-len-b``, ``--lenpen`` …), for generators
   that run fairseq's beam search inside (outline-fill);
 - ``context``: what only the task can supply (``GeneratorContext``: a loader for extra
@@ -13,8 +13,8 @@ A generator is built as ``cls(models, dictionary, options, args, context)``:
 The frame: ``generate`` runs the encoder once (``model.forward_encoder``) and hands its
 output to the algorithm's ``decode``; the symbols a caption may never contain come from
 one place (``banned_symbols``); hypotheses are built one way (``hypothesis``: words, then
-</s>; ``score`` a float); a model that lacks what the algorithm needs is refused with the
-generator's name, the model's and the missing entry point.
+</s>; ``score`` a float).  Which models a generator decodes is said once, where it registers
+(``registry.py``); ``sequence``, fairseq's beam search for AR models, registers here.
 """
 import math
 from dataclasses import dataclass
@@ -24,9 +24,9 @@ import torch
 from fairseq.sequence_generator import EnsembleModel, SequenceGenerator
 from torch import Tensor
 
+from ..data.text import RESERVED_SYMBOLS
 from ..errors import GeneratorError
-
-RESERVED_SYMBOLS = ("<mask>", "<vis>", "<blank>")
+from .registry import register_generator
 
 
 def banned_symbols(dictionary, allow_unk: bool = False) -> List[int]:
@@ -38,16 +38,6 @@ def banned_symbols(dictionary, allow_unk: bool = False) -> List[int]:
         banned.add(dictionary.unk())
     banned.update(dictionary.index(s) for s in RESERVED_SYMBOLS if s in dictionary.indices)
     return sorted(banned)
-
-
-def model_name(model) -> str:
-    """``ClassName (--arch registered_name)`` for messages."""
-    from fairseq.models import ARCH_MODEL_REGISTRY, MODEL_REGISTRY
-
-    arch = getattr(getattr(model, "cfg", None), "_name", None)
-    if arch not in ARCH_MODEL_REGISTRY:
-        arch = next((n for n, c in MODEL_REGISTRY.items() if c is type(model)), None)
-    return f"{type(model).__name__}" + (f" (--arch {arch})" if arch else "")
 
 
 def dedup_hypotheses(hypos: List[List[Dict[str, Tensor]]]) -> List[List[Dict[str, Tensor]]]:
@@ -78,9 +68,7 @@ class GeneratorContext:
 
 class CaptionGenerator:
     name: str = ""  # the --generator value (set by register_generator)
-    options_cls = None  # its dataclass in options.py
-    requires: Sequence[str] = ()  # model entry points the algorithm calls
-    model_hint: str = ""  # which models have them, for the message
+    options_cls = None  # its options dataclass (set by register_generator)
     max_models: int = 1
 
     def __init__(self, models, dictionary, options, args=None, context: Optional[GeneratorContext] = None,
@@ -89,11 +77,6 @@ class CaptionGenerator:
             raise GeneratorError(f"--generator {self.name} decodes with "
                                  f"{'one model' if self.max_models == 1 else f'at most {self.max_models} models'}, "
                                  f"got {len(models)}")
-        for m in models:
-            missing = [hook for hook in self.requires if not hasattr(m, hook)]
-            if missing:
-                raise GeneratorError(f"--generator {self.name} cannot decode {model_name(m)}: the model lacks "
-                                     f"{', '.join(missing)} ({self.model_hint})")
         self.models, self.model = list(models), models[0]
         self.dictionary, self.options, self.args = dictionary, options, args
         self.context = context or GeneratorContext()
@@ -151,3 +134,18 @@ class RuledSequenceGenerator(SequenceGenerator):
     def generate(self, models, sample, **kwargs):
         hypos = super().generate(models, sample, **kwargs)
         return dedup_hypotheses(hypos) if self.dedup else hypos
+
+
+def force_words(words: int):
+    """fairseq-generate arguments that force a caption of ``words`` words from beam search."""
+    return ["--min-len", str(words), "--max-len-a", "0", "--max-len-b", str(words)]
+
+
+def extra_models(generator) -> List[torch.nn.Module]:
+    """Models a generator loaded itself (e.g. NACF's AR teacher), to be placed and timed like the
+    models it decodes."""
+    return [v for v in vars(generator).values() if isinstance(v, torch.nn.Module)]
+
+
+register_generator("sequence", models=("ar_caption", "narvl_ar"), forced_length=force_words,
+                   help="fairseq's beam search (greedy with --beam 1), for AR models")(RuledSequenceGenerator)

@@ -28,18 +28,19 @@ Cascade (``--path first.pt:second.pt``): the first model decodes with
 decodes with T, Δ conditioned on the first model's caption bits (SCD-Net's cascaded
 inference).
 """
+from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
 import torch
 import torch.nn.functional as F
+from fairseq.dataclass import FairseqDataclass
 from torch import Tensor
 
-from . import register_generator
-from .base import CaptionGenerator
-from .options import DiffusionOptions
 from ..errors import GeneratorError
 from ..models.modules.bits import bits_to_ids
 from ..models.rdt import alpha_sigma
+from .base import CaptionGenerator
+from .registry import register_generator
 
 
 def reverse_step(model, x_t: Tensor, t: float, s: float, x0_hat: Tensor, noise: Optional[Tensor] = None) -> Tensor:
@@ -72,10 +73,51 @@ def item_normal(ids: Tensor, shape, seed: int, device) -> Tensor:
     return torch.stack(out).to(device)
 
 
+
+@dataclass
+class DiffusionOptions(FairseqDataclass):
+    """RDT (generators/diffusion.py): diffusion."""
+    diffusion_steps: int = field(default=50, metadata={"help": "T: reverse steps (Algorithm 1)"})
+    time_difference: float = field(default=0.0, metadata={"help": "Δ >= 0: s = t − 1 − Δ (Eq. 3-7)"})
+    diffusion_noise: bool = field(
+        default=False, metadata={"help": "add the μ(s', t')·ε term of Eq. 7 (default: deterministic, as the reference)"})
+    diffusion_seed: int = field(default=1, metadata={"help": "x_T (and ε) of item i drawn from seed + sample id"})
+    cascade_steps: int = field(default=0, metadata={"help": "T of the first model when decoding a cascade "
+                                                            "(--path first.pt:second.pt); 0 = --diffusion-steps"})
+    cascade_time_difference: float = field(default=0.0, metadata={"help": "Δ of the first model of a cascade"})
+    diffusion_max_time: float = field(
+        default=0.999, metadata={"help": "t' of a reverse step is at most this: 0.999 = the training range "
+                                         "t' ~ U(0, 0.999) (γ(1) = 33.9 is a time the model never saw); "
+                                         "1 = the reference's first step at t' = 1"})
+    diffusion_sampler: str = field(
+        default="ddpm", metadata={"help": "ddpm = Eq. 5-7, the posterior mean (+ noise with --diffusion-noise; "
+                                          "the paper / reference); ddim = deterministic DDIM, x_s = α_s·x̂0 + "
+                                          "σ_s·ε̂, which keeps x_T's noise at every step's level"})
+    diffusion_eos_fallback: bool = field(
+        default=False, metadata={"help": "a caption whose L slots hold no </s> is cut where the last pass gives </s> "
+                                         "its highest probability (default: all L slots are kept, as the reference)"})
+    diffusion_words: str = field(
+        default="nearest-code", metadata={"help": "how the final x_0 becomes words: nearest-code = the valid word "
+                                                  "nearest to the bits (the paper's thresholding); argmax = the "
+                                                  "last pass's most probable word per slot"})
+
+    def validate(self):
+        if self.diffusion_steps < 1 or self.cascade_steps < 0 or self.time_difference < 0 \
+                or self.cascade_time_difference < 0:
+            raise GeneratorError(f"need T >= 1 and Δ >= 0, got --diffusion-steps {self.diffusion_steps} "
+                                 f"--time-difference {self.time_difference} --cascade-steps {self.cascade_steps} "
+                                 f"--cascade-time-difference {self.cascade_time_difference}")
+        if not 0 < self.diffusion_max_time <= 1:
+            raise GeneratorError(f"--diffusion-max-time must be in (0, 1], got {self.diffusion_max_time}")
+        if self.diffusion_sampler not in ("ddpm", "ddim"):
+            raise GeneratorError(f"--diffusion-sampler must be ddpm or ddim, got {self.diffusion_sampler!r}")
+        if self.diffusion_sampler == "ddim" and self.diffusion_noise:
+            raise GeneratorError("--diffusion-noise adds Eq. 7's noise to the ddpm sampler; ddim is deterministic")
+        if self.diffusion_words not in ("nearest-code", "argmax"):
+            raise GeneratorError(f"--diffusion-words must be nearest-code or argmax, got {self.diffusion_words!r}")
+
+
 class DiffusionGenerator(CaptionGenerator):
-    options_cls = DiffusionOptions
-    requires = ("denoise",)
-    model_hint = "an RDT model, --arch rdt*"
     max_models = 2  # a cascade: first.pt:second.pt
 
     def __init__(self, models, dictionary, options: DiffusionOptions, args=None, context=None, **frame):
@@ -161,4 +203,5 @@ class DiffusionGenerator(CaptionGenerator):
         return self.to_hypotheses(second, x0, logits)
 
 
-register_generator("diffusion")(DiffusionGenerator)
+register_generator("diffusion", options=DiffusionOptions, models=("rdt",),
+                   help="RDT: T reverse steps of bit diffusion")(DiffusionGenerator)

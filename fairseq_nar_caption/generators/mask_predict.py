@@ -22,24 +22,49 @@ Ties (equal confidences) go to the lower position index, so decoding an item
 alone or in a batch gives the same caption.
 """
 import math
+from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
 import torch
 import torch.nn.functional as F
+from fairseq.dataclass import FairseqDataclass
 from torch import Tensor
 
-from . import register_generator
-from .base import CaptionGenerator
-from .options import MaskPredictOptions
 from ..errors import GeneratorError
+from .base import CaptionGenerator
+from .registry import register_generator
 
 ALGORITHMS = ("mp", "ef", "l2r")
 
 
+
+@dataclass
+class MaskPredictOptions(FairseqDataclass):
+    """NACF (generators/mask_predict.py): mp, ef, l2r, ct-mp, ct-ef, ct-l2r."""
+    nar_iterations: int = field(default=5, metadata={"help": "T: decoder passes of MP (Eq. 14)"})
+    nar_q: int = field(default=1, metadata={"help": "q: tokens fixed per pass by EF/L2R (Eq. 15, 17)"})
+    length_beam: int = field(default=6, metadata={"help": "B: most probable lengths decoded in parallel"})
+    nar_min_length: int = field(default=1, metadata={"help": "shortest caption length the length beam considers"})
+    nar_max_length: int = field(default=0, metadata={"help": "longest caption length the length beam considers "
+                                                             "(0 = the model's range; min = max forces a length)"})
+    nar_skip_template_revisit: bool = field(
+        default=False, metadata={"help": "CT-EF/CT-L2R: skip the last pass re-predicting template words (Eq. 16)"})
+    length_norm_alpha: float = field(default=1.0, metadata={"help": "α in [0, 2]: candidates ranked by score / N^α"})
+    teacher_path: Optional[str] = field(
+        default=None, metadata={"help": "AR-B checkpoint rescoring the length candidates (p_NAR·p_AR)"})
+
+    def validate(self):
+        for name in ("nar_iterations", "nar_q", "length_beam", "nar_min_length"):
+            if getattr(self, name) < 1:
+                raise GeneratorError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if self.nar_max_length and self.nar_max_length < self.nar_min_length:
+            raise GeneratorError(f"--nar-max-length {self.nar_max_length} is below --nar-min-length "
+                                 f"{self.nar_min_length}")
+        if not 0 <= self.length_norm_alpha <= 2:
+            raise GeneratorError(f"--length-norm-alpha must be in [0, 2], got {self.length_norm_alpha}")
+
+
 class MaskPredictGenerator(CaptionGenerator):
-    options_cls = MaskPredictOptions
-    requires = ("forward_length", "forward_decoder_nar")
-    model_hint = "an NACF model, --arch nacf"
     algorithm, coarse_to_fine = "mp", False  # set per registered name
 
     def __init__(self, models, dictionary, options: MaskPredictOptions, args=None, context=None, **frame):
@@ -183,6 +208,14 @@ class MaskPredictGenerator(CaptionGenerator):
         return lp.masked_fill(~valid, 0).sum(1)
 
 
-for _alg in ALGORITHMS:
-    register_generator(_alg, algorithm=_alg, coarse_to_fine=False)(MaskPredictGenerator)
-    register_generator(f"ct-{_alg}", algorithm=_alg, coarse_to_fine=True)(MaskPredictGenerator)
+def force_length(words: int):
+    """The length beam held at one length: ``words`` words."""
+    return ["--nar-min-length", str(words), "--nar-max-length", str(words)]
+
+
+HELP = {"mp": "mask-predict (Eq. 14)", "ef": "easy-first (Eq. 15)", "l2r": "left-to-right (Eq. 17)"}
+for _ct in (False, True):
+    for _alg in ALGORITHMS:
+        register_generator(f"ct-{_alg}" if _ct else _alg, options=MaskPredictOptions, models=("nacf",),
+                           forced_length=force_length, algorithm=_alg, coarse_to_fine=_ct,
+                           help=f"NACF {'coarse-to-fine ' if _ct else ''}{HELP[_alg]}")(MaskPredictGenerator)

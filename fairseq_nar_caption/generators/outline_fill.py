@@ -27,16 +27,32 @@ with M_fill = 1; with M_fill > 1 Eq. 10 re-ranks the M_fill best by their
 unnormalised log-probability).
 """
 import math
+from dataclasses import dataclass, field
 from typing import Dict, List
 
 import torch
 import torch.nn.functional as F
+from fairseq.dataclass import FairseqDataclass
 from torch import Tensor
 
-from . import register_generator
-from .base import CaptionGenerator, RuledSequenceGenerator, _BannedSymbolsEnsemble
-from .options import OutlineFillOptions
+from ..errors import GeneratorError
 from ..models.saic import filler_layout, filler_slots
+from .base import CaptionGenerator, RuledSequenceGenerator, _BannedSymbolsEnsemble, force_words
+from .registry import register_generator
+
+
+
+@dataclass
+class OutlineFillOptions(FairseqDataclass):
+    """SAIC (generators/outline_fill.py): outline-fill."""
+    outline_beam: int = field(default=5, metadata={"help": "M_out: Outliner beam size"})
+    fill_beam: int = field(default=1, metadata={"help": "M_fill <= M_out: top Outliner hypotheses the Filler "
+                                                        "completes (ranked by Eq. 10)"})
+
+    def validate(self):
+        if not 1 <= self.fill_beam <= self.outline_beam:
+            raise GeneratorError(f"need M_out >= M_fill >= 1 (SAIC Section 4.3), got --outline-beam "
+                                 f"{self.outline_beam} --fill-beam {self.fill_beam}")
 
 
 class _GivenEncoderOut(_BannedSymbolsEnsemble):
@@ -50,9 +66,7 @@ class _GivenEncoderOut(_BannedSymbolsEnsemble):
 
 
 class OutlineFillGenerator(CaptionGenerator):
-    options_cls = OutlineFillOptions
-    requires = ("forward_filler", "group_size")
-    model_hint = "a SAIC model, --arch saic"
+    """SAIC's decoding: the Outliner's beam search over group heads, then one Filler pass."""
 
     def __init__(self, models, dictionary, options: OutlineFillOptions, args=None, context=None, **frame):
         super().__init__(models, dictionary, options, args, context, **frame)  # allow_unk, dedup
@@ -124,4 +138,5 @@ class OutlineFillGenerator(CaptionGenerator):
         return results
 
 
-register_generator("outline-fill")(OutlineFillGenerator)
+register_generator("outline-fill", options=OutlineFillOptions, models=("saic",), forced_length=force_words,
+                   help="SAIC: the Outliner's beam search over group heads, then one Filler pass")(OutlineFillGenerator)

@@ -22,7 +22,7 @@ from omegaconf import II, open_dict
 import torch
 import torch.nn as nn
 
-from ..errors import DataError
+from ..errors import CheckpointError, DataError
 from .modules.feature_encoder import FeatureEncoder
 from .modules.highway_encoder import HighwayFeatureEncoder
 
@@ -125,7 +125,7 @@ def load_ar_weights(model, path: str, what: str, required=None, allowed_new=lamb
     new = sorted(k for k in own if k not in load)
     refused = [k for k in new if not allowed_new(k)]
     if refused:
-        raise ValueError(f"{path}: not an ar_caption checkpoint of this architecture; it lacks {refused[:5]}")
+        raise CheckpointError(f"{path}: not an ar_caption checkpoint of this architecture; it lacks {refused[:5]}")
     model.load_state_dict(load, strict=False)
     logger.info(f"initialised {len(load)} tensors from {path}; not in the AR checkpoint: {new}")
     return new
@@ -133,10 +133,9 @@ def load_ar_weights(model, path: str, what: str, required=None, allowed_new=lamb
 
 class CaptionEncoderDecoderModel(FairseqEncoderDecoderModel):
     """Common entry points of every caption model: ``forward_encoder(net_input)``
-    runs once per batch; generators reuse its output.  ``generators``: the
-    ``--generator`` values that decode the model (checked by the task)."""
+    runs once per batch; generators reuse its output.  (Which generators decode a model is said
+    where each generator registers, ``generators/registry.py``.)"""
 
-    generators = ("sequence",)
     num_updates = 0  # the training step, set by fairseq before every step (curricula and annealing read it)
 
     def set_num_updates(self, num_updates):

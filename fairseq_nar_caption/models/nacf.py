@@ -124,7 +124,6 @@ class LengthPredictor(nn.Module):
 
 @register_model("nacf", dataclass=NACFConfig)
 class NACFModel(CaptionEncoderDecoderModel):
-    generators = ("mp", "ef", "l2r", "ct-mp", "ct-ef", "ct-l2r")
 
     def __init__(self, cfg: NACFConfig, encoder, decoder, length_predictor, dictionary):
         super().__init__(encoder, decoder)

@@ -195,9 +195,46 @@ class QueryDecoder(FairseqDecoder):
         return self.embed_positions.num_embeddings
 
 
+def ctc_min_positions(tokens: List[int]) -> int:
+    """Decoder positions a CTC alignment of ``tokens`` needs: L + (adjacent repeats)."""
+    return len(tokens) + sum(1 for a, b in zip(tokens, tokens[1:]) if a == b)
+
+
+class QueryDecoderModel:
+    """What the two NARVL models with a query decoder share: N output positions, one decoder pass
+    as log-probabilities, and the check that every training target fits the N positions."""
+
+    @property
+    def num_output_positions(self) -> Optional[int]:
+        """N for the query decoder; None when it varies (decoder input = encoder output)."""
+        return self.decoder.num_queries if self.decoder.decoder_input == "query" else None
+
+    def bare_decoder_pass(self, encoder_out, length: int = 0):
+        """One query-decoder pass (its N positions, whatever the caption length)."""
+        return self.decoder(encoder_out=encoder_out)
+
+    def forward_decoder(self, encoder_out, glance_tokens: Optional[Tensor] = None):
+        """One decoder pass → (log-probs B x N x V, padding mask B x N or None); ``glance_tokens``:
+        tokens shown at some query positions (``QueryDecoder.forward``)."""
+        logits, extra = self.decoder(encoder_out=encoder_out, glance_tokens=glance_tokens)
+        return torch.log_softmax(logits.float(), -1), extra["padding_mask"]
+
+    def check_targets(self, targets, where, eos: int) -> None:
+        """The task's hook for training splits: a query count N that cannot hold a target with the
+        blanks CTC needs between repeats (L + repeats > N makes NARVL Eq. 1's alignment set empty)
+        is refused naming the file and the row (``where(i)``)."""
+        n = self.num_output_positions
+        if n is None:
+            return
+        for i, t in enumerate(targets):
+            need = ctc_min_positions([x for x in t.tolist() if x != eos])
+            if need > n:
+                raise DataError(f"{where(i)}: target needs {need} CTC positions (tokens + blanks between repeats), "
+                                f"the model has --num-queries {n}: raise --num-queries")
+
+
 @register_model("narvl", dataclass=NARVLModelConfig)
-class NARVLModel(_ImageTextModel):
-    generators = ("ctc",)
+class NARVLModel(QueryDecoderModel, _ImageTextModel):
 
     @classmethod
     def build_model(cls, cfg: NARVLModelConfig, task):
@@ -213,23 +250,8 @@ class NARVLModel(_ImageTextModel):
         model.cfg = cfg
         return model
 
-    @property
-    def num_output_positions(self) -> Optional[int]:
-        """N for the query decoder; None when it varies (decoder input = encoder output)."""
-        return self.decoder.num_queries if self.decoder.decoder_input == "query" else None
-
     def forward(self, src_tokens, src_lengths, patch_images, prev_output_tokens=None, **kwargs):
         return self.decoder(encoder_out=self.encoder(src_tokens, src_lengths, patch_images))
-
-    def bare_decoder_pass(self, encoder_out, length: int = 0):
-        """One query-decoder pass (its N positions, whatever the caption length)."""
-        return self.decoder(encoder_out=encoder_out)
-
-    def forward_decoder(self, encoder_out, glance_tokens: Optional[Tensor] = None):
-        """One decoder pass → (log-probs B x N x V, padding mask B x N or None); ``glance_tokens``:
-        tokens shown at some query positions (``QueryDecoder.forward``)."""
-        logits, extra = self.decoder(encoder_out=encoder_out, glance_tokens=glance_tokens)
-        return torch.log_softmax(logits.float(), -1), extra["padding_mask"]
 
 
 @register_model("narvl_ar", dataclass=NARVLConfig)
@@ -258,8 +280,7 @@ class NARVLFeatureConfig(CaptionModelConfig):
 
 
 @register_model("narvl_features", dataclass=NARVLFeatureConfig)
-class NARVLFeatureModel(CaptionEncoderDecoderModel):
-    generators = ("ctc",)
+class NARVLFeatureModel(QueryDecoderModel, CaptionEncoderDecoderModel):
 
     @classmethod
     def build_model(cls, cfg: NARVLFeatureConfig, task):
@@ -275,10 +296,6 @@ class NARVLFeatureModel(CaptionEncoderDecoderModel):
         model = cls(build_encoder(cfg, task, tcfg), QueryDecoder(cfg, tcfg, dictionary, embed, n))
         model.cfg = cfg
         return model
-
-    num_output_positions = NARVLModel.num_output_positions
-    forward_decoder = NARVLModel.forward_decoder
-    bare_decoder_pass = NARVLModel.bare_decoder_pass
 
     def forward(self, features, padding_mask, prev_output_tokens=None, **kwargs):
         """Encoder + one query-decoder pass (``prev_output_tokens`` unused: NAR)."""

@@ -43,6 +43,7 @@ from fairseq.modules import LayerNorm
 from fairseq.modules.transformer_layer import TransformerDecoderLayerBase, TransformerEncoderLayerBase
 from torch import Tensor
 
+from ..data.text import RESERVED_SYMBOLS
 from ..errors import DataError, OptionError
 from .ar_caption import CaptionEncoderDecoderModel, CaptionModelConfig, resolve_feature_dim, transformer_config
 from .modules.bits import codebook, num_bits, predict_x0
@@ -223,7 +224,6 @@ class RDTDenoiser(FairseqDecoder):
 
 @register_model("rdt", dataclass=RDTConfig)  # arch "rdt": the paper's settings (RDTConfig defaults)
 class RDTModel(CaptionEncoderDecoderModel):
-    generators = ("diffusion",)
 
     def __init__(self, cfg: RDTConfig, encoder, decoder, dictionary, n_bits: int):
         super().__init__(encoder, decoder)
@@ -232,7 +232,7 @@ class RDTModel(CaptionEncoderDecoderModel):
         self.noise_schedule = cfg.noise_schedule
         self.eos, self.pad = dictionary.eos(), dictionary.pad()
         not_words = {dictionary.bos(), dictionary.pad()}
-        for sym in ("<mask>", "<vis>", "<blank>"):
+        for sym in RESERVED_SYMBOLS:
             if sym in dictionary.indices:
                 not_words.add(dictionary.index(sym))
         word_mask = torch.ones(len(dictionary), dtype=torch.bool)

@@ -18,21 +18,21 @@
   selects checkpoints by what is reported, not by a masked / noised loss.
 """
 import json
-import os
+from typing import List
 from argparse import Namespace
 from dataclasses import dataclass, field, fields
 
+import torch
 from fairseq import metrics
 from fairseq.data import Dictionary
 from fairseq.dataclass import FairseqDataclass
 from fairseq.dataclass.configs import GenerationConfig
 from fairseq.tasks import FairseqTask
 
-from ..data.text import load_dictionary
+from ..data.text import RESERVED_SYMBOLS, load_dictionary
 from ..errors import DataError, OptionError
 from ..generators import (GeneratorContext, GeneratorError, RuledSequenceGenerator, banned_symbols,
                           build_caption_generator, check_model_generator)
-from ..generators.base import RESERVED_SYMBOLS
 from ..generators.options import check_foreign_options, check_generation_options
 
 def load_dictionary_with(path: str, extra_symbols=()) -> Dictionary:
@@ -64,7 +64,7 @@ class EvalCiderConfig(FairseqDataclass):
 
 
 class CaptionTaskBase(FairseqTask):
-    num_positions = None  # N of a CTC model, known after build_model
+    target_check = None  # the built model's check_targets hook, if it has one
 
     def is_evaluation_dataset(self, dataset) -> bool:
         raise NotImplementedError
@@ -82,19 +82,11 @@ class CaptionTaskBase(FairseqTask):
         return super().get_batch_iterator(dataset, **kwargs)
 
     def check_fits(self, dataset) -> None:
-        """Refuse a query count N that cannot hold a training target with the blanks CTC
-        needs between repeats (L + repeats > N makes NARVL Eq. 1's alignment set empty)."""
-        from ..criterions.query_ctc import ctc_min_positions
-
-        if self.num_positions is None:
-            return
-        eos = self.target_dictionary.eos()
-        targets, where = self.training_targets(dataset)
-        for i, t in enumerate(targets):
-            need = ctc_min_positions([x for x in t.tolist() if x != eos])
-            if need > self.num_positions:
-                raise DataError(f"{where(i)}: target needs {need} CTC positions (tokens + blanks between repeats), "
-                                f"the model has --num-queries {self.num_positions}: raise --num-queries")
+        """A model that constrains its training targets (the hook ``check_targets(targets, where,
+        eos)``: NARVL's N query positions) checks every target of a training split."""
+        if self.target_check is not None:
+            targets, where = self.training_targets(dataset)
+            self.target_check(targets, where, self.target_dictionary.eos())
 
     def loaded_dataset(self, split, dataset):
         """Register a freshly loaded split (and check it against a CTC model already built)."""
@@ -108,7 +100,7 @@ class CaptionTaskBase(FairseqTask):
         # pretrained model only when building afresh.
         if not from_checkpoint and hasattr(model, "init_from_pretrained"):
             model.init_from_pretrained()
-        self.num_positions = getattr(model, "num_output_positions", None)
+        self.target_check = getattr(model, "check_targets", None)
         for split, ds in self.datasets.items():
             if split.startswith("train"):
                 self.check_fits(ds)
@@ -126,7 +118,6 @@ class CaptionTaskBase(FairseqTask):
         frequencies are the whole validation split's, so the sums over the batches give the
         split's corpus CIDEr-D (``evaluation.coco_metrics.CorpusCiderD``)."""
         from ..evaluation.coco_metrics import CorpusCiderD
-        from ..inference import caption_strings
 
         if "references" not in sample:
             raise DataError("--eval-cider needs a per-item validation split with references")
@@ -151,9 +142,21 @@ class CaptionTaskBase(FairseqTask):
             raise DataError(f"--eval-cider: item {first} is in no loaded validation split")
         if split not in self._cider_scorers:
             self._cider_scorers[split] = CorpusCiderD(list(self.split_references(self.datasets[split]).values()))
-        hyps = caption_strings(self, self._cider_generator[1], [model], sample)
+        hyps = self.caption_strings(self._cider_generator[1], [model], sample)
         scores = self._cider_scorers[split].scores(hyps, sample["references"])
         return {"_cider_sum": float(scores.sum()), "_cider_n": len(hyps)}
+
+    @torch.no_grad()
+    def caption_strings(self, generator, models, sample: dict) -> List[str]:
+        """Best hypothesis per sample of ``generator`` (fairseq's ``inference_step``), as a caption
+        string: specials stripped, then ``post_process_hypothesis`` when the task has one (e.g.
+        sentencepiece detokenisation)."""
+        hypos = self.inference_step(generator, models, sample)
+        d = self.target_dictionary
+        strip = set(getattr(generator, "symbols_to_strip_from_output", None) or {d.eos()})
+        out = [d.string(h[0]["tokens"].int().cpu(), extra_symbols_to_ignore=strip) for h in hypos]
+        post = getattr(self, "post_process_hypothesis", None)
+        return [post(s) for s in out] if post is not None else out
 
     def split_references(self, dataset) -> dict:
         """item id → reference captions of an evaluation dataset."""

@@ -25,7 +25,6 @@ are the generators' own (``generators/options.py``, mixed in through ``DecodingC
 import logging
 import os
 from dataclasses import dataclass, field
-from typing import Optional
 
 from fairseq.dataclass import ChoiceEnum
 from fairseq.tasks import register_task
@@ -34,19 +33,18 @@ from omegaconf import II, MISSING
 from ..data.caption_dataset import CaptionDataset, base_caption_dataset
 from ..data.feature_store import MultiModalFeatures, open_feature_store
 from ..data.frame_sampling import FrameSampledStore
-from ..data.hybrid_distill import HybridDistillDataset
+from ..data.hybrid_distill import HybridDistillConfig, with_distilled_targets
 from ..data.manifest import read_manifest
-from ..errors import DataError, OptionError
-from ..data.retrieval import RetrievalDataset, RetrievalFile, load_cascade_manifests
-from ..generators.base import RESERVED_SYMBOLS  # noqa: F401  (re-exported: tests and scripts import it here)
-from ..generators.options import DecodingConfig
+from ..data.retrieval import Conditions, RetrievalConfig
+from ..errors import DataError
+from ..generators import DecodingConfig
 from .base import CaptionTaskBase, EvalCiderConfig, check_ranges, load_dictionary_with
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass
-class CaptioningConfig(EvalCiderConfig, DecodingConfig):
+class CaptioningConfig(EvalCiderConfig, DecodingConfig, RetrievalConfig, HybridDistillConfig):
     data: str = field(default=MISSING, metadata={"help": "folder with dict.txt, <split>.tsv and features"})
     feature_files: str = field(
         default="features.h5",
@@ -65,27 +63,6 @@ class CaptioningConfig(EvalCiderConfig, DecodingConfig):
     seed: int = II("common.seed")
     max_source_positions: int = field(default=256, metadata={"help": "max feature vectors per item"})
     max_target_positions: int = field(default=32, metadata={"help": "max caption tokens incl. </s>"})
-    # SAIC's hybrid distillation (data/hybrid_distill.py, criterion group_mask)
-    hybrid_distill_split: Optional[str] = field(
-        default=None, metadata={"help": "distillation manifest (e.g. train_distill) giving training splits a "
-                                        "distill_target per caption: the AR teacher's caption of the same item"})
-    # RDT's retrieved-sentence condition (data/retrieval.py); any model ignores it but RDT
-    retrieval_file: Optional[str] = field(
-        default=None, metadata={"help": "JSON of retrieved sentences per item (nar-caption-retrieve); relative "
-                                        "to --data or absolute"})
-    retrieval_topk: int = field(default=5, metadata={"help": "training samples among the top-k retrieved sentences"})
-    retrieval_gt_prob: float = field(
-        default=0.0, metadata={"help": "training: probability of conditioning on another GT caption of the item"})
-    retrieval_test_rank: int = field(
-        default=0, metadata={"help": "evaluation splits: condition on the retrieved sentence of this rank (0 = top-1)"})
-    retrieval_condition: ChoiceEnum(["retrieved", "random", "none"]) = field(
-        default="retrieved", metadata={"help": "evaluation splits (a diagnostic): retrieved = the sentence of "
-                                               "--retrieval-test-rank; random = a random sentence of the retrieval "
-                                               "file (a training caption, seeded per item); none = no sentence "
-                                               "(the retrieved slots all masked out)"})
-    cascade_manifests: Optional[str] = field(
-        default=None, metadata={"help": "comma-separated manifests (relative to --data) with a first-stage caption "
-                                        "per item: the condition of a cascaded (second-stage) RDT in training"})
 
 
 @register_task("captioning", dataclass=CaptioningConfig)
@@ -95,9 +72,7 @@ class CaptioningTask(CaptionTaskBase):
     def __init__(self, cfg: CaptioningConfig, dictionary):
         super().__init__(cfg)
         check_ranges(cfg, [("feature_max_abs", 0), ("frames_per_video", 0), ("max_source_positions", 1),
-                           ("max_target_positions", 2), ("retrieval_topk", 1), ("retrieval_test_rank", 0)])
-        if not 0 <= cfg.retrieval_gt_prob <= 1:
-            raise OptionError(f"--retrieval-gt-prob must be in [0, 1], got {cfg.retrieval_gt_prob}")
+                           ("max_target_positions", 2)])
         self.dictionary = dictionary
         paths = [self._path(p) for p in cfg.feature_files.split(",")]
         self.stores = [open_feature_store(p, cfg.feature_key_template, cfg.feature_max_abs or None) for p in paths]
@@ -107,13 +82,8 @@ class CaptioningTask(CaptionTaskBase):
                             + ", ".join(f"{p}: {d}" for p, (_, d) in zip(paths, shapes)))
         self.feature_dim = shapes[0][1]
         self.tokens_per_modality = [n for n, _ in shapes]
-        self.retrieval_path = self._path(cfg.retrieval_file) if cfg.retrieval_file else None
-        # checked against this data folder (data/retrieval.py: its fingerprint, the sentence pool)
-        self.retrieval = RetrievalFile(self.retrieval_path, cfg.data) if self.retrieval_path else None
-        self.retrieved = self.retrieval.items if self.retrieval is not None else None
-        self.cascade_source = ",".join(self._path(p) for p in cfg.cascade_manifests.split(",")) \
-            if cfg.cascade_manifests else ""
-        self.cascade = load_cascade_manifests(self.cascade_source.split(",")) if cfg.cascade_manifests else None
+        # RDT's conditions (data/retrieval.py: the retrieval file checked against this data folder)
+        self.conditions = Conditions.from_config(cfg, cfg.data, cfg.seed)
 
     def _path(self, p: str) -> str:
         return p if os.path.isabs(p) else os.path.join(self.cfg.data, p)
@@ -141,8 +111,6 @@ class CaptioningTask(CaptionTaskBase):
         """``per`` overrides the split-name rule ("caption" | "item"), e.g. to
         decode every training item once for distillation."""
         path = os.path.join(self.cfg.data, f"{split}.tsv")
-        if getattr(self, "retrieval", None) is not None:  # the split's manifest is the one retrieved for
-            self.retrieval.check_split(split)
         training = split.startswith("train")
         ds = CaptionDataset(
             read_manifest(path), path, self.split_features(training), self.dictionary,
@@ -151,12 +119,9 @@ class CaptioningTask(CaptionTaskBase):
             max_source_positions=self.cfg.max_source_positions,
             feature_check=self.cfg.feature_check, strict_vocab=training, shuffle=training,
             feature_dim=self.feature_dim)
-        if self.cfg.hybrid_distill_split and ds.per == "caption":
-            ds = HybridDistillDataset(ds, os.path.join(self.cfg.data, f"{self.cfg.hybrid_distill_split}.tsv"))
-        if self.retrieved is not None or self.cascade is not None:
-            ds = RetrievalDataset(ds, self.retrieved, self.retrieval_path, self.cfg.retrieval_topk,
-                                  self.cfg.retrieval_gt_prob, self.cfg.seed, self.cascade, self.cascade_source,
-                                  self.cfg.retrieval_test_rank, self.cfg.retrieval_condition)
+        ds = with_distilled_targets(self.cfg, self.cfg.data, ds)
+        if self.conditions is not None:
+            ds = self.conditions.wrap(split, ds)
         self.loaded_dataset(split, ds)
         logger.info(f"{path}: {len(ds)} examples")
 

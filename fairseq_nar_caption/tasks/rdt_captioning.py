@@ -1,9 +1,9 @@
 """The ``rdt_captioning`` task: ``captioning`` with ``--generator diffusion`` as the default.
 
-Kept for RDT checkpoints and recipes that name it: the retrieved-sentence options
-(``--retrieval-file`` …) and the diffusion generator's options now belong to the
-``captioning`` task (and ``generators/options.py``), so ``--task captioning --generator
-diffusion --retrieval-file r.json`` decodes the same model on the same data folder.
+Kept only so that command lines written for earlier versions still run; the retrieved-sentence
+options (``--retrieval-file`` …) and the diffusion generator belong to the ``captioning`` task,
+so ``--task captioning --generator diffusion --retrieval-file r.json`` trains and decodes the same
+RDT model (checkpoints of either task load under both).
 """
 from dataclasses import dataclass, field
 

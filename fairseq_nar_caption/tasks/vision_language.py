@@ -15,7 +15,7 @@ Prompts are OFA's (``vl_dataset.prompt_for``); images are resized to
 ``--patch-image-size`` squares.  Training splits (names starting with ``train``) are
 shuffled; other splits keep file order, every row, sample id = row index.  For a
 NARVL model, every training target must fit the N queries with the blanks CTC needs
-between repeats (``ctc_min_positions``): otherwise loading stops naming the file and row.
+between repeats (``models.narvl.ctc_min_positions``): otherwise loading stops naming the file and row.
 
 Evaluation (``benchmark_scores``): caption → COCO metrics (``evaluation/coco_metrics``),
 VQA → soft accuracy, grounding → Acc@IoU≥0.5, entailment → accuracy (the latter three
@@ -35,8 +35,7 @@ from omegaconf import II, MISSING
 
 from ..errors import DataError
 from ..data.vl_dataset import ImageLoader, VLDataset, read_vl_tsv
-from ..generators import GeneratorContext
-from ..generators.options import DecodingConfig
+from ..generators import DecodingConfig, GeneratorContext
 from .base import CaptionTaskBase, check_ranges, load_dictionary_with
 
 logger = logging.getLogger(__name__)
@@ -159,18 +158,18 @@ class VisionLanguageTask(CaptionTaskBase):
             from ..evaluation.coco_metrics import coco_scores
             refs = {k: dataset.rows[index[k]].references for k in outputs}
             return coco_scores(refs, outputs, spice="off", metrics=list(metrics))
-        from ..evaluation import vl_metrics
+        from ..evaluation.vl_metrics import accuracy, grounding_hits, vqa_score
         if task == "vqa":
-            vals = [vl_metrics.vqa_score(outputs[k], dataset.rows[index[k]].answers) for k in outputs]
+            vals = [vqa_score(outputs[k], dataset.rows[index[k]].answers) for k in outputs]
             return {"vqa_accuracy": sum(vals) / len(vals)}
         if task == "entailment":
             keys = list(outputs)
-            return {"accuracy": vl_metrics.accuracy([outputs[k] for k in keys],
+            return {"accuracy": accuracy([outputs[k] for k in keys],
                                                     [dataset.rows[index[k]].label for k in keys])}
         keys = list(outputs)
         pred = [self.decoded_box(outputs[k], dataset, index[k]) for k in keys]
         gold = [dataset.rows[index[k]].box for k in keys]
-        hits = vl_metrics.grounding_hits([p if p is not None else [0.0, 0.0, 0.0, 0.0] for p in pred], gold)
+        hits = grounding_hits([p if p is not None else [0.0, 0.0, 0.0, 0.0] for p in pred], gold)
         # a hypothesis without four <bin_i> symbols counts as a miss (all-zero box has IoU 0)
         return {"acc@0.5": sum(hits) / len(hits), "malformed": sum(p is None for p in pred)}
 

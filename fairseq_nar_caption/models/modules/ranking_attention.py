@@ -17,7 +17,7 @@ Per head, with A = Q Kᵀ/√d (Eq. 15-16, the grid-to-grid affinity; padded key
 λ_F = 1, λ_E = 0 keeps every key and no inverse set: MHRA is then ordinary multi-head
 attention (same projections, softmax, W^O), which the tests check against PyTorch's.
 
-The public reference (ANCHORS.md §2) ranks the keys of query position 0 only and
+The public reference code ranks the keys of query position 0 only and
 shares that ranking with every query, with hard-coded ratios and a 0.2 weight on the
 inverse branch; this module implements the paper's per-query ranking with configurable
 λ_F, λ_E instead (the reference's variant is not offered).
