@@ -24,6 +24,7 @@ ROWS = {
                                    "--max-len-b", "30"]),
     "NARVL CTC": ("narvl", ["--generator", "ctc"]),
     "RDT diffusion": ("rdt", ["--generator", "diffusion", "--diffusion-steps", "5"]),
+    "DAG lookahead": ("dag", ["--generator", "dag", "--dag-decode", "lookahead"]),
 }
 
 
@@ -47,14 +48,14 @@ def generate_args(run, name):
 
 def test_arena_recipe_trains_every_paradigm_on_one_teacher_and_one_distillation(arena):
     data, run, out = arena
-    for folder in ("ar", "nacf", "saic", "narvl", "rdt"):
+    for folder in ("ar", "nacf", "saic", "narvl", "rdt", "dag", "dag_raw"):
         assert (run / folder / "checkpoint_best.pt").is_file(), folder
     kd = data / f"train_distill_{run.name}.tsv"
     assert kd.is_file() and len(kd.read_text().splitlines()) == 201  # header + one teacher caption per image
-    for folder in ("nacf", "saic", "narvl", "rdt"):  # every NAR row trained on that one distilled split
+    for folder in ("nacf", "saic", "narvl", "rdt", "dag"):  # every NAR row trained on that one distilled split
         log = (run / "logs" / f"{folder}.log").read_text()
         assert f"train_distill_{run.name}.tsv: 200 examples" in log, folder
-    for folder in ("nacf", "saic", "narvl"):  # initialised from the one AR model
+    for folder in ("nacf", "saic", "narvl", "dag"):  # initialised from the one AR model
         assert f"from {run}/ar/checkpoint_best.pt" in (run / "logs" / f"{folder}.log").read_text()
     # the console shows steps and validations, not fairseq's configuration dump
     assert "train nacf" in out and "valid loss" in out and "'_name'" not in out and "INFO" not in out

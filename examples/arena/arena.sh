@@ -9,7 +9,9 @@
 #      all trained on train_distill: NACF (masked LM + visual words + length predictor, from the
 #      AR weights), SAIC (group mask, k = $SAIC_K, from the AR weights), NARVL over features
 #      (learnable queries + Query-CTC, from the AR weights), RDT (bit diffusion, retrieved-sentence
-#      condition; its Semantic Transformer + Sentence Decoder blocks add up to the AR decoder depth);
+#      condition; its Semantic Transformer + Sentence Decoder blocks add up to the AR decoder depth),
+#      DAG (a graph of 2 x 32 vertices and transitions, DA-Transformer's loss over every path, from the
+#      AR weights; ROWS=full also trains it on the raw captions, dag_raw);
 #   5. nar-caption-benchmark over all rows at once (rows interleaved, one thread, median + IQR,
 #      decoder passes, bare-forward multiples), markdown + JSON + Pareto PNG.
 #
@@ -88,6 +90,13 @@ both $P1 $P2
 train narvl $NARVL_FLAGS --glat-ratio "$GLAT" $DIS & P1=$!
 train rdt $RDT_FLAGS $DIS & P2=$!
 both $P1 $P2
+if [ "$ROWS" = demo ]; then  # DAG on the distilled split
+  train dag $DAG_FLAGS --glat-ratio "$GLAT" $DIS
+else  # ... and on the raw captions (DA-Transformer's claim: it needs no distillation)
+  train dag $DAG_FLAGS --glat-ratio "$GLAT" $DIS & P1=$!
+  train dag_raw $DAG_FLAGS --glat-ratio "$GLAT" & P2=$!
+  both $P1 $P2
+fi
 
 # 5. the benchmark: every row in one interleaved run; every model's checkpoint_best.pt (NAR: by validation
 #    CIDEr-D, not by a masked / noised loss over raw captions, which says little about models trained on
@@ -99,11 +108,13 @@ N="--path $RUN/nacf/checkpoint_best.pt $FEATS --generator"
 S="--path $RUN/saic/checkpoint_best.pt --max-len-b 30 $FEATS --generator outline-fill"
 C="--path $RUN/narvl/checkpoint_best.pt $FEATS --generator ctc"
 R="--path $RUN/rdt/checkpoint_best.pt --retrieval-file $RET $FEATS --generator diffusion --diffusion-eos-fallback"
+D="--path $RUN/dag/checkpoint_best.pt $FEATS --generator dag --dag-decode"
 if [ "$ROWS" = demo ]; then
   ROW+=(--row "NACF CT-MP T=2 B=3=$N ct-mp --nar-iterations 2 --length-beam 3"
         --row "SAIC k=$SAIC_K (1,1)=$S --outline-beam 1 --fill-beam 1"
         --row "NARVL CTC=$C"
-        --row "RDT T=10=$R --diffusion-steps 10")
+        --row "RDT T=10=$R --diffusion-steps 10"
+        --row "DAG lookahead=$D lookahead")
 else
   ROW+=(--row "NACF MP T=1 B=1=$N mp --nar-iterations 1 --length-beam 1"
         --row "NACF CT-MP T=2 B=1=$N ct-mp --nar-iterations 2 --length-beam 1"
@@ -117,7 +128,12 @@ else
         --row "NARVL CTC + 1 refinement=$C --ctc-refine-passes 1"
         --row "RDT T=10=$R --diffusion-steps 10"
         --row "RDT T=10 + dedup=$R --diffusion-steps 10 --dedup"
-        --row "RDT T=50=$R --diffusion-steps 50")
+        --row "RDT T=50=$R --diffusion-steps 50"
+        --row "DAG greedy=$D greedy"
+        --row "DAG lookahead=$D lookahead"
+        --row "DAG viterbi=$D viterbi"
+        --row "DAG beam 4=$D beam --dag-beam 4"
+        --row "DAG (raw captions) lookahead=--path $RUN/dag_raw/checkpoint_best.pt $FEATS --generator dag --dag-decode lookahead")
 fi
 step "benchmark: $(( ${#ROW[@]} / 2 )) rows, $BENCH_ITEMS items, $PASSES interleaved pass(es), $THREADS thread(s) (log: $LOGS/benchmark.log)"
 SWEEP=(); [ -n "$LENGTHS" ] && SWEEP=(--length-sweep "$LENGTHS")

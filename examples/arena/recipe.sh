@@ -5,7 +5,7 @@
 # checkpoint), RET (RDT's retrieval file), NAR_UPDATES, RDT_UPDATES.  Defines:
 #   COMMON  task, data loading, logging flags of every training (no seed, no training split)
 #   NAR_OPT the NAR models' learning rate, budget and selection
-#   NACF_FLAGS SAIC_FLAGS NARVL_FLAGS RDT_FLAGS
+#   NACF_FLAGS SAIC_FLAGS NARVL_FLAGS RDT_FLAGS DAG_FLAGS
 #           each paradigm's model, criterion and validation decoding at the papers' training; the
 #           scripts add the arena's levers (--glat-ratio, --scale-positions), --group-size, the split
 COMMON="--task captioning $FEATS $DROPOUT $TOY_FLAGS --log-interval 50"
@@ -26,3 +26,6 @@ RDT_SIZE=$(echo "$SIZE" | sed -E "s/--decoder-layers ([0-9]+)/${RDT_SIZE_LAYERS:
 RDT_FLAGS="--arch rdt $RDT_SIZE --seq-len 24 --retrieval-file $RET --criterion rdt_loss $OPT --lr 1e-3
   --warmup-updates 200 --max-update $RDT_UPDATES $SELECT --generator diffusion --diffusion-steps 10
   --diffusion-eos-fallback"
+# DAG (DA-Transformer for captions): L = 2 x 32 graph vertices, from the AR weights; validated by lookahead
+DAG_FLAGS="--arch dag_caption $SIZE --graph-ratio 2 --criterion dag_loss --init-from-ar $AR $NAR_OPT
+  --generator dag --dag-decode lookahead"
