@@ -171,8 +171,10 @@ def test_read_only_and_full_file_systems(long_job, tmpfs):
 
 # --------------------------------------------------------------------------- interrupts
 def _interrupt(cmd, sig, after, **kw):
+    # SIGINT as a terminal delivers it: a child of a background job inherits SIGINT ignored, and Python
+    # then installs no KeyboardInterrupt handler (a user's Ctrl-C never reaches such a process)
     proc = subprocess.Popen([str(c) for c in cmd], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=ONE_THREAD, **kw)
+                            env=ONE_THREAD, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL), **kw)
     time.sleep(after)
     assert proc.poll() is None, "finished before the signal: make the job longer"
     proc.send_signal(sig)

@@ -30,6 +30,10 @@ CLAIMS = [
     ("RL helps (no RVE)", "RDT Table V", "rdt_rl T=10", "rdt_base T=10"),
     ("RVE helps (with RL)", "RDT Table V", "rdt_kd T=10", "rdt_rl T=10"),
     ("RL helps (with RVE)", "RDT Table V", "rdt_kd T=10", "rdt_rve T=10"),
+    ("DAG lookahead ≥ NARVL CTC (glancing)", "DA-Transformer vs CTC (the DAG paradigm's goal)", "dag_kd lookahead",
+     "narvl_kd CTC"),
+    ("KD helps DAG", "DA-Transformer §4 (claims it needs none)", "dag_kd lookahead", "dag_raw lookahead"),
+    ("viterbi ≥ lookahead (DAG)", "Shao et al. 2022", "dag_kd viterbi", "dag_kd lookahead"),
 ]
 ROW = re.compile(r"^(?P<arm>.+) / seed (?P<seed>\S+)$")
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue #12's orderings with seeds: each claim of the papers as arms that differ in one thing, every
+# The papers' orderings with seeds: each claim of the papers as arms that differ in one thing, every
 # arm trained once per seed on one arena's teacher, distillation and retrieval file, then one
 # benchmark run over every (arm, seed) and examples/arena/orderings.py's table (mean ± spread per
 # arm, paired differences per seed, holds / does not hold).
@@ -19,7 +19,9 @@
 #     without --dedup;
 #   "k = 2 >= k = 4" (SAIC Table 6): saic2_kd vs saic4_kd;
 #   "RVE and RL each help" (RDT Table V): rdt_base (λ_F 1, λ_E 0: ordinary attention; λ3 0), rdt_rl
-#     (+ ranking loss λ3 5), rdt_rve (+ ranking attention λ_F 0.75, λ_E 0.55; λ3 0), rdt_kd (both).
+#     (+ ranking loss λ3 5), rdt_rve (+ ranking attention λ_F 0.75, λ_E 0.55; λ3 0), rdt_kd (both);
+#   DAG: dag_kd vs narvl_kd (the graph against CTC, both with glancing), dag_kd vs dag_raw (does DAG need
+#     distillation?), dag_kd decoded by viterbi vs lookahead.
 # ARMS="narvl_ctc narvl_ce" restricts the arms; SEEDS="1 2 3" the seeds.  Trainings run two at a time,
 # one thread each; finished ones are skipped.  Outputs: $OUT/{benchmark,orderings}.{json,md}.
 set -euo pipefail
@@ -29,7 +31,8 @@ source examples/lib.sh  # train, step, the shared flags
 DATA=${DATA:-data/toy/images}; RUN=${RUN:-runs/demo}; FEATS=${FEATS:-}; OUT=${OUT:-$RUN/orderings}
 SIZE=${SIZE:---embed-dim 128 --ffn-embed-dim 512 --attention-heads 4 --encoder-layers 1 --decoder-layers 2}
 UPD=${UPD:-300}; SEEDS=${SEEDS:-1 2 3}; GLAT=${GLAT:-0.5}; ITEMS=${ITEMS:-250}
-ALL="nacf_kd nacf_raw saic2_kd saic2_raw saic4_kd narvl_kd narvl_raw narvl_ctc narvl_ce rdt_kd rdt_raw rdt_base rdt_rl rdt_rve"
+ALL="nacf_kd nacf_raw saic2_kd saic2_raw saic4_kd narvl_kd narvl_raw narvl_ctc narvl_ce rdt_kd rdt_raw rdt_base rdt_rl rdt_rve
+  dag_kd dag_raw"
 ARMS=${ARMS:-$ALL}
 AR=$RUN/ar/checkpoint_best.pt; KD=train_distill_$(basename "$RUN"); RET="$(cd "$RUN" && pwd)/retrieval.json"
 [ -f "$AR" ] && [ -f "$DATA/$KD.tsv" ] && [ -f "$RET" ] \
@@ -53,7 +56,8 @@ declare -A ARM=(  # each arm's training flags
   [narvl_ctc]="$NARVL_FLAGS $DIS" [narvl_ce]="$NARVL_FLAGS --loss ce --ctc-no-merge $DIS"
   [rdt_kd]="$RDT_FLAGS $DIS" [rdt_raw]="$RDT_FLAGS $RAW"
   [rdt_base]="$RDT_FLAGS --lambda-f 1 --lambda-e 0 --lambda-rank 0 $DIS"
-  [rdt_rl]="$RDT_FLAGS --lambda-f 1 --lambda-e 0 $DIS" [rdt_rve]="$RDT_FLAGS --lambda-rank 0 $DIS")
+  [rdt_rl]="$RDT_FLAGS --lambda-f 1 --lambda-e 0 $DIS" [rdt_rve]="$RDT_FLAGS --lambda-rank 0 $DIS"
+  [dag_kd]="$DAG_FLAGS --glat-ratio $GLAT $DIS" [dag_raw]="$DAG_FLAGS --glat-ratio $GLAT $RAW")
 # benchmark rows of an arm: "label|decoding args" (the checkpoint is added)
 rows() {
   case $1 in
@@ -63,6 +67,8 @@ rows() {
     saic*) echo "(1,1)|--max-len-b 30 --generator outline-fill --outline-beam 1 --fill-beam 1" ;;
     narvl_ce) echo "CTC|--generator ctc --ctc-no-merge" ;;
     narvl_*) echo "CTC|--generator ctc" ;;
+    dag_*) echo "lookahead|--generator dag --dag-decode lookahead"
+           [ "$1" = dag_kd ] && echo "viterbi|--generator dag --dag-decode viterbi" ;;
     rdt_*) echo "T=10|--retrieval-file $RET --generator diffusion --diffusion-steps 10 --diffusion-eos-fallback"
            [ "$1" = rdt_kd ] && echo "T=10 dedup|--retrieval-file $RET --generator diffusion --diffusion-steps 10 \
 --diffusion-eos-fallback --dedup" ;;
@@ -92,7 +98,7 @@ for a in $ARMS; do
 done
 step "benchmark: $(( ${#ROW[@]} / 2 )) rows, $ITEMS test items (quality; one pass)"
 OMP_NUM_THREADS=2 nar-caption-benchmark "$DATA" --subset test --threads 2 --max-items "$ITEMS" --passes 1 --warmup 0 \
-  --throughput-batch 0 --metrics Bleu,CIDEr-D "${ROW[@]}" --title "issue #12 orderings" \
+  --throughput-batch 0 --metrics Bleu,CIDEr-D "${ROW[@]}" --title "orderings" \
   --out-json "$OUT/benchmark.json" --out-md "$OUT/benchmark.md" > /dev/null 2> "$OUT/logs/benchmark.log" \
   || { tail -n 20 "$OUT/logs/benchmark.log" >&2; exit 1; }
 python examples/arena/orderings.py "$OUT/benchmark.json" --out-md "$OUT/orderings.md" --out-json "$OUT/orderings.json"
