@@ -18,7 +18,7 @@ from fairseq_nar_caption.data.manifest import read_manifest
 from fairseq_nar_caption.data.toy import ToyConfig, generate
 from fairseq_nar_caption.evaluation.baselines import most_frequent_caption
 from fairseq_nar_caption.evaluation.coco_metrics import coco_scores
-from fairseq_nar_caption.generators.dag import DAGGenerator, DAGOptions
+from fairseq_nar_caption.generators.dag import DECODES, DAGGenerator, DAGOptions
 from fairseq_nar_caption.models.dag import (dag_best_alignment, dag_best_path, dag_log_likelihood, link_log_probs,
                                             transition_mask)
 
@@ -158,6 +158,21 @@ def test_greedy_and_lookahead_follow_the_hand_worked_paths():
     tokens, hypo = decode("beam", dag_beam=3, dag_length_alpha=0.0)
     assert tokens == ["a", "c", "</s>"]
     assert math.isclose(hypo["score"], math.log(0.9 * 0.3 * 0.95 * 1 * 0.99), rel_tol=1e-4)
+
+
+@pytest.mark.parametrize("mode", DECODES)
+def test_only_the_last_vertex_emits_end_of_sentence(mode):
+    # the graph is trained on words + </s> with </s> at its last vertex: a first vertex that prefers
+    # </s> (0.7) still emits its best word (a, 0.3 → score log 0.3), and the caption is never empty
+    d, token_lp, link_lp, (a, b, c) = hand_graph()
+    token_lp[0, 0] = math.log(1e-6)
+    token_lp[0, 0, d.eos()], token_lp[0, 0, a] = math.log(0.7), math.log(0.3)
+    token_lp[0, 3, b] = math.log(0.999)  # ... and the last vertex's </s> (0.99) is kept over a likelier word
+    gen = DAGGenerator([FixedGraph(token_lp, link_lp)], d, DAGOptions(dag_decode=mode, dag_length_alpha=0.0))
+    hypo = gen.generate(None, {"net_input": {}})[0][0]
+    words = [d[t] for t in hypo["tokens"].tolist()]
+    assert words[0] == "a" and words[-1] == "</s>" and "</s>" not in words[:-1] and len(words) >= 2
+    assert math.isclose(hypo["positional_scores"][0].item(), math.log(0.3), rel_tol=1e-4)
 
 
 def test_glancing_shows_round_lambda_d_target_tokens_at_their_path_vertices():

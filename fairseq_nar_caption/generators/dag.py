@@ -14,9 +14,9 @@ from the first vertex to the last, each vertex on it emitting a token.  ``--dag-
   log P / K^α; no language model.  It costs up to L steps of B³ candidates on the host, against one
   path walk for the other modes.
 
-A path stops at the last vertex, or at the first vertex whose token is </s> (the graph is trained
-to emit </s> at its last vertex only).  The vocabulary rule applies: the banned symbols never win
-a vertex.  Scores: the path's log-probability (transitions + tokens); positional scores are the
+Every search keeps to what the graph is trained on (words + </s>, ``criterions/dag_loss.py``):
+a path ends at the last vertex, which emits </s>, and no other vertex emits </s>, so a caption has
+at least one word.  The vocabulary rule applies: the banned symbols never win a vertex.  Scores: the path's log-probability (transitions + tokens); positional scores are the
 tokens' log-probabilities.
 """
 import math
@@ -66,6 +66,10 @@ class DAGGenerator(CaptionGenerator):
         token_lp, link_lp = self.model.forward_graph(encoder_out)  # one decoder pass
         token_lp = token_lp.float()
         token_lp[:, :, self.never.to(token_lp.device)] = -math.inf
+        eos = token_lp[:, -1, self.eos].clone()
+        token_lp[:, :-1, self.eos] = -math.inf  # </s> at the last vertex only (module docstring)
+        token_lp[:, -1] = -math.inf
+        token_lp[:, -1, self.eos] = eos
         token_lp, link_lp = token_lp.cpu(), link_lp.float().cpu()  # the path search runs on the host
         out = []
         for tok, link in zip(token_lp, link_lp):
@@ -81,8 +85,7 @@ class DAGGenerator(CaptionGenerator):
         return out
 
     def walk(self, best: Tensor, link: Tensor) -> List[int]:
-        """greedy / lookahead: from the first vertex, one transition at a time, until the last vertex
-        or a vertex whose token is </s> (``emit`` stops there)."""
+        """greedy / lookahead: from the first vertex, one transition at a time, until the last vertex."""
         n = best.size(0)
         step = link + best.unsqueeze(0) if self.mode == "lookahead" else link
         nxt = step.argmax(-1).tolist()
@@ -94,7 +97,7 @@ class DAGGenerator(CaptionGenerator):
 
     def emit(self, path: List[int], best: Tensor, arg: Tensor, link: Tensor) -> Tuple[List[int], List[float], float]:
         """(words, their log-probabilities, the path's log-probability) of a path: the vertices'
-        tokens up to the first </s>."""
+        tokens, the last vertex's </s> not among the words."""
         words, scores, total = [], [], 0.0
         for k, v in enumerate(path):
             total += float(best[v]) + (float(link[path[k - 1], v]) if k else 0.0)
@@ -124,9 +127,8 @@ class DAGGenerator(CaptionGenerator):
             for t_lp, t in zip(top_tok_lp[v].tolist(), top_tok[v].tolist()):
                 if t_lp == -math.inf:
                     continue
-                if t == self.eos or v == n - 1:  # a finished caption (the last vertex's word is kept)
-                    final = words if t == self.eos else words + (t,)
-                    add(done, final, lp + t_lp, scores if t == self.eos else scores + [t_lp])
+                if v == n - 1:  # a finished caption: the last vertex emits </s> only
+                    add(done, words, lp + t_lp, scores)
                 else:
                     add(live, (v, words + (t,)), lp + t_lp, scores + [t_lp])
 
