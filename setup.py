@@ -28,6 +28,7 @@ setup(
             "nar-caption-retrieve=fairseq_nar_caption.cli.retrieve:cli_main",
             "nar-caption-extract=fairseq_nar_caption.cli.extract:cli_main",
             "nar-caption-caption=fairseq_nar_caption.cli.caption:cli_main",
+            "nar-caption-concepts=fairseq_nar_caption.cli.concepts:cli_main",
         ]
     },
 )

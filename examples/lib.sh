@@ -21,6 +21,14 @@ VALID="--valid-subset val --no-epoch-checkpoints"
 TOY_BSZ=64
 TOY_FLAGS="--batch-size $TOY_BSZ --num-workers 0 $VALID --cpu --no-progress-bar"  # CPU training on a toy benchmark
 
+# --- the demo's scale: make demo (scripts/demo.sh) and examples/arena/coco_concepts.sh's SCALE=demo ---
+demo_scale() {  # exports the arena's short-training settings; a setting already in the environment wins
+  # a small model for every row (d 128, 1 encoder + 2 decoder layers), short training, one row per paradigm
+  export SIZE="${SIZE:---embed-dim 128 --ffn-embed-dim 512 --attention-heads 4 --encoder-layers 1 --decoder-layers 2}"
+  export ROWS=demo AR_EPOCHS="${AR_EPOCHS:-3}" NAR_UPDATES="${NAR_UPDATES:-300}" BENCH_ITEMS="${BENCH_ITEMS:-100}" \
+    PASSES=1 METRICS=Bleu,METEOR,CIDEr-D
+}
+
 # --- settings (defaults) ---
 TRAIN=          # train: the recipe's common fairseq-train flags
 TRAIN_DIR=      # train: where the runs go (empty: $RUN)

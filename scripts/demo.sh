@@ -12,9 +12,8 @@ mkdir -p runs/demo/logs
 echo "== toy benchmark (deterministic, seed 1; log: runs/demo/logs/toy_data.log)"
 python -m fairseq_nar_caption.cli.make_toy_data --out data/toy > runs/demo/logs/toy_data.log 2>&1 \
   || { tail -n 15 runs/demo/logs/toy_data.log >&2; exit 1; }
-# a small model for every row (d 128, 1 encoder + 2 decoder layers) so the whole arena fits ~15 min on 2 cores
-SIZE=${SIZE:---embed-dim 128 --ffn-embed-dim 512 --attention-heads 4 --encoder-layers 1 --decoder-layers 2} \
-DATA=data/toy/images RUN=runs/demo ROWS=demo AR_EPOCHS=${AR_EPOCHS:-3} NAR_UPDATES=${NAR_UPDATES:-300} \
-  BENCH_ITEMS=${BENCH_ITEMS:-100} PASSES=1 METRICS=Bleu,METEOR,CIDEr-D TITLE="make demo: the arena (short training)" \
+source examples/lib.sh  # demo_scale: the arena's short-training settings (so the whole arena fits ~15 min on 2 cores)
+demo_scale
+DATA=data/toy/images RUN=runs/demo TITLE="make demo: the arena (short training)" \
   bash examples/arena/arena.sh
 echo "demo finished in ${SECONDS}s; outputs in runs/demo/ (chart: runs/demo/benchmark.png)"

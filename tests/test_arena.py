@@ -4,6 +4,7 @@ teacher and one distilled split; the benchmark charts them; model/generator mism
 options of another generator are refused by name; NARVL over features decodes batch 1 as
 batched."""
 import json
+import math
 import os
 import re
 
@@ -130,3 +131,47 @@ def test_one_benchmark_run_charts_every_paradigm(arena, tmp_path):
     assert set(sweep["rows"]["AR beam 5"]["ms"]) == {"8", "12"}
     md = (tmp_path / "b.md").read_text()
     assert all(f"| {name} |" in md for name in ROWS) and "decoder passes" in md
+
+
+# half precision without a GPU: every generator and every criterion under CPU bfloat16 autocast (large
+# negative mask constants, log-space programmes and softmaxes that underflow show here as NaN / inf)
+@pytest.mark.parametrize("name", list(ROWS))
+def test_every_generator_decodes_under_cpu_bfloat16_autocast(arena, name):
+    from fairseq_nar_caption import inference
+
+    data, run, _ = arena
+    loaded = inference.load(str(data), generate_args(run, name) + ["--cpu"])
+    loaded.task.load_dataset("test")
+    sample = next(inference.batches(loaded.task.dataset("test"), 8))
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        hypos = loaded.task.inference_step(loaded.generator, loaded.models, sample)
+    assert len(hypos) == 8
+    banned = {loaded.task.target_dictionary.index(s) for s in ("<unk>", "<pad>", "<s>")}
+    for h in hypos:
+        best = h[0]
+        assert math.isfinite(float(best["score"])) and torch.isfinite(best["positional_scores"].float()).all()
+        assert best["tokens"].numel() >= 1 and not set(best["tokens"].tolist()) & banned
+
+
+@pytest.mark.parametrize("folder", ["ar", "nacf", "saic", "narvl", "rdt", "dag"])
+def test_every_criterion_trains_under_cpu_bfloat16_autocast(arena, folder):
+    from fairseq import checkpoint_utils, tasks
+
+    data, run, _ = arena
+    state = checkpoint_utils.load_checkpoint_to_cpu(str(run / folder / "checkpoint_best.pt"))
+    cfg = state["cfg"]
+    task = tasks.setup_task(cfg.task)
+    model = task.build_model(cfg.model)
+    model.load_state_dict(state["model"])
+    criterion = task.build_criterion(cfg.criterion)
+    task.load_dataset("train")
+    ds = task.dataset("train")
+    sample = ds.collater([ds[i] for i in range(16)])
+    model.train()
+    torch.manual_seed(0)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss, sample_size, log = criterion(model, sample)
+    assert torch.isfinite(loss.detach().float()) and float(loss.detach()) > 0, (folder, log)
+    loss.backward()
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    assert grads and all(torch.isfinite(g).all() for g in grads), folder

@@ -249,6 +249,7 @@ nonneg_int = _number(int, 0)
 positive_float = _number(float, 0, low_open=True)
 nonneg_float = _number(float, 0)
 probability = _number(float, 0, 1)
+fraction = _number(float, 0, 0.99)  # a rate that must leave something
 
 
 def int_list(low: int = 1):

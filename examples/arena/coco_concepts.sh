@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# The arena on real COCO caption language: nar-caption-concepts builds the benchmark from a COCO captions
+# JSON (per image, one held-out caption's content words as an unordered set of concept vectors, a stand-in
+# for a detector; the other captions are the targets and references: real language, not real pixels),
+# then examples/arena/arena.sh runs every paradigm on it, as on the toy.
+#
+#   bash examples/arena/coco_concepts.sh CAPTIONS.json      e.g. captions_train2014.json / captions_val2014.json
+#
+# Configuration (environment):
+#   SCALE=demo|full  demo (default): make demo's settings (examples/lib.sh demo_scale: d 128, AR 3 epochs,
+#                    300 NAR updates, one row per paradigm); full: arena.sh's own defaults (every row)
+#   IMAGES=8000,500,1000   images per split;  CONCEPTS="--drop 0 --distractors 0"  the detector noise;
+#   DATA (default data/coco-concepts), RUN (default runs/coco_concepts_$SCALE); anything arena.sh reads.
+# The benchmark is built once (delete $DATA to rebuild); the arena's steps are skipped when done.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+export PATH="$PWD/.venv/bin:$PATH"
+CAPTIONS=${1:?usage: bash examples/arena/coco_concepts.sh CAPTIONS.json (a COCO captions file)}
+SCALE=${SCALE:-demo}; IMAGES=${IMAGES:-8000,500,1000}; CONCEPTS=${CONCEPTS:-}
+export DATA=${DATA:-data/coco-concepts} RUN=${RUN:-runs/coco_concepts_$SCALE}
+source examples/lib.sh  # demo_scale
+case "$SCALE" in
+  demo) demo_scale ;;
+  full) ;;
+  *) echo "coco_concepts.sh: SCALE must be demo or full, got '$SCALE'" >&2; exit 2 ;;
+esac
+if [ ! -f "$DATA/dict.txt" ]; then
+  echo "== real-language benchmark: $CAPTIONS -> $DATA (images $IMAGES)"
+  mkdir -p "$(dirname "$DATA")"
+  nar-caption-concepts --captions "$CAPTIONS" --out "$DATA" --images "$IMAGES" $CONCEPTS
+fi
+TITLE=${TITLE:-"the arena on COCO caption language ($SCALE)"} bash examples/arena/arena.sh
