@@ -74,6 +74,9 @@ def test_the_held_out_caption_is_never_a_reference_or_a_target(built):
             assert len(kept) == len(original[i]) - 1  # every other caption is a reference
         checked += 1
     assert checked == 370
+    for split, n in (("val", 30), ("test", 40)):  # the human reference point, as a COCO results file
+        results = json.loads((out / f"{split}_held_out.json").read_text())
+        assert len(results) == n and all(concepts[r["image_id"]]["held_out"] == r["caption"] for r in results)
 
 
 def test_the_folder_trains_with_fairseq_train_on_the_captioning_task(built, tmp_path):

@@ -577,3 +577,12 @@ def test_retrieval_writes_its_settings(tmp_path):
     assert ranker.rank(pooled, 3) == [r["items"][i] for i in ids]
     with pytest.raises(DataError, match="ranker not found"):
         ranking.Ranker.load(str(tmp_path / "none.ranker.npz"))
+
+
+def test_a_training_target_longer_than_seq_len_is_refused_when_the_split_loads():
+    # the task's check_targets hook (tasks/base.py) runs it on every training split before training
+    fits = [torch.tensor([5, 6, 2]), torch.tensor([5, 6, 7, 2])]
+    RDTModel.check_targets(SimpleNamespace(seq_len=4), fits, lambda i: f"train.tsv: row {i + 2}", 2)
+    with pytest.raises(DataError, match=r"train\.tsv: row 3: 5 target tokens .* do not fit --seq-len 4"):
+        RDTModel.check_targets(SimpleNamespace(seq_len=4), fits[:1] + [torch.tensor([5, 6, 7, 8, 2])],
+                               lambda i: f"train.tsv: row {i + 2}", 2)

@@ -9,7 +9,7 @@
 # Configuration (environment):
 #   SCALE=demo|full  demo (default): make demo's settings (examples/lib.sh demo_scale: d 128, AR 3 epochs,
 #                    300 NAR updates, one row per paradigm); full: arena.sh's own defaults (every row)
-#   IMAGES=8000,500,1000   images per split;  CONCEPTS="--drop 0 --distractors 0"  the detector noise;
+#   IMAGES=8000,500,1000   images per split (the benchmark decodes every test image: BENCH_ITEMS);  CONCEPTS="--drop 0 --distractors 0"  the detector noise;
 #   DATA (default data/coco-concepts), RUN (default runs/coco_concepts_$SCALE); anything arena.sh reads.
 # The benchmark is built once (delete $DATA to rebuild); the arena's steps are skipped when done.
 set -euo pipefail
@@ -18,6 +18,8 @@ export PATH="$PWD/.venv/bin:$PATH"
 CAPTIONS=${1:?usage: bash examples/arena/coco_concepts.sh CAPTIONS.json (a COCO captions file)}
 SCALE=${SCALE:-demo}; IMAGES=${IMAGES:-8000,500,1000}; CONCEPTS=${CONCEPTS:-}
 export DATA=${DATA:-data/coco-concepts} RUN=${RUN:-runs/coco_concepts_$SCALE}
+export RDT_SEQ_LEN=${RDT_SEQ_LEN:-32}  # RDT's caption slots hold the distillation's longest caption (28 words + </s>)
+export BENCH_ITEMS=${BENCH_ITEMS:-$(( $(echo "$IMAGES" | cut -d, -f3) ))}  # every test image
 source examples/lib.sh  # demo_scale
 case "$SCALE" in
   demo) demo_scale ;;
@@ -30,3 +32,9 @@ if [ ! -f "$DATA/dict.txt" ]; then
   nar-caption-concepts --captions "$CAPTIONS" --out "$DATA" --images "$IMAGES" $CONCEPTS
 fi
 TITLE=${TITLE:-"the arena on COCO caption language ($SCALE)"} bash examples/arena/arena.sh
+# the human reference point: each test image's held-out caption scored against its other captions
+nar-caption-score --refs "$DATA/test_refs.json" --results "$DATA/test_held_out.json" --name "held-out human caption" \
+  --metrics Bleu METEOR CIDEr-D --json-out "$RUN/human.json" --no-progress > "$RUN/logs/human.log" 2>&1 \
+  || { tail -n 15 "$RUN/logs/human.log" >&2; exit 1; }
+python -c "import json, sys; s = json.load(open(sys.argv[1]))['scores']
+print('== held-out human caption (every test image):', ', '.join(f'{k} {100 * s[k]:.1f}' for k in ('Bleu_4', 'METEOR', 'CIDEr-D')))" "$RUN/human.json"

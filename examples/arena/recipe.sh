@@ -23,7 +23,9 @@ NARVL_FLAGS="--arch narvl_features $SIZE --num-queries 40 --criterion query_ctc 
 # RDT: its decoder depth = Semantic Transformer + Sentence Decoder blocks (default 1 + 1 = the AR decoder's 2);
 # from scratch as in the paper; cheaper updates, so RDT_UPDATES of them; validated at T = 10
 RDT_SIZE=$(echo "$SIZE" | sed -E "s/--decoder-layers ([0-9]+)/${RDT_SIZE_LAYERS:---decoder-layers 1 --semantic-layers 1}/")
-RDT_FLAGS="--arch rdt $RDT_SIZE --seq-len 24 --retrieval-file $RET --criterion rdt_loss $OPT --lr 1e-3
+# RDT_SEQ_LEN: its fixed caption slots, which must hold the longest training target + </s> (the toy's distilled
+# captions stay under 24 tokens; real language needs the distillation's cap, 28 words, + 1: coco_concepts.sh sets 32)
+RDT_FLAGS="--arch rdt $RDT_SIZE --seq-len ${RDT_SEQ_LEN:-24} --retrieval-file $RET --criterion rdt_loss $OPT --lr 1e-3
   --warmup-updates 200 --max-update $RDT_UPDATES $SELECT --generator diffusion --diffusion-steps 10
   --diffusion-eos-fallback"
 # DAG (DA-Transformer for captions): L = 2 x 32 graph vertices, from the AR weights; validated by lookahead

@@ -25,7 +25,9 @@ it).  What it is not: pixels; a detector's errors are simulated only by the nois
 The folder is what the ``captioning`` task reads (``features.h5`` with one (K, D) float32 array per
 image id, ``train/val/test.tsv``, ``dict.txt``, ``val_refs.json``, ``test_refs.json``; written by
 ``video_corpus.write_video_corpus`` as the other preparation scripts do) plus ``concepts.json``
-({image id: {"concepts": [...], "held_out": caption}}: what the features encode, for diagnosis).
+({image id: {"concepts": [...], "held_out": caption}}: what the features encode, for diagnosis) and
+``val_held_out.json`` / ``test_held_out.json``: the held-out captions as a COCO results file, so that
+``nar-caption-score --results`` gives the human reference point (one person against the other four).
 """
 from __future__ import annotations
 
@@ -197,7 +199,8 @@ def build(captions_path: str, out: str, cfg: ConceptConfig, overwrite: bool = Fa
     """Write the benchmark folder (module docstring); returns the counts ``format_summary`` prints.
     Every output is checked before any work and written atomically."""
     cfg.validate()
-    names = corpus_files(out) + [os.path.join(out, n) for n in ("features.h5", "concepts.json")]
+    names = corpus_files(out) + [os.path.join(out, n) for n in ("features.h5", "concepts.json", "val_held_out.json",
+                                                                "test_held_out.json")]
     if os.path.exists(out) and not os.path.isdir(out):
         raise OutputError(f"{out}: not a folder")
     if os.path.isdir(out):
@@ -217,6 +220,9 @@ def build(captions_path: str, out: str, cfg: ConceptConfig, overwrite: bool = Fa
         with h5py.File(tmp, "w") as f:
             for item_id, words in detected.items():
                 f.create_dataset(item_id, data=concept_features(words, cfg.dim))
+    for split in ("val", "test"):  # the human reference point: each held-out caption scored as a result
+        write_json(os.path.join(out, f"{split}_held_out.json"),
+                   [{"image_id": it.item_id, "caption": it.held_out} for it in splits[split]], made_by=COMMAND)
     write_json(os.path.join(out, "concepts.json"),
                {it.item_id: {"concepts": detected[it.item_id], "held_out": it.held_out}
                 for s in SPLITS for it in splits[s]}, made_by=COMMAND)

@@ -255,6 +255,14 @@ class RDTModel(CaptionEncoderDecoderModel):
         return cls(cfg, encoder, RDTDenoiser(cfg, tcfg, dictionary, n_bits), dictionary, n_bits)
 
     # ------------------------------------------------------------ bits and targets
+    def check_targets(self, targets, where, eos: int) -> None:
+        """The task's hook for training splits: a target (words + </s>) longer than ``--seq-len`` is
+        refused when the split loads, naming the file and the row, not when a batch reaches it."""
+        for i, t in enumerate(targets):
+            if t.numel() > self.seq_len:
+                raise DataError(f"{where(i)}: {t.numel()} target tokens (words + </s>) do not fit --seq-len "
+                                f"{self.seq_len}: raise --seq-len or drop longer captions")
+
     def fixed_length(self, tokens: Tensor, item_ids=None, what: str = "caption") -> Tensor:
         """Captions (B x T: words, </s>, pad) → B x L: words, then </s> in every later slot."""
         n = tokens.ne(self.pad).sum(1)
