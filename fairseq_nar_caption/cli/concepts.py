@@ -42,9 +42,10 @@ def build_parser():
 
 
 def main(argv: Optional[List[str]] = None) -> dict:
-    a = build_parser().parse_args(argv)
+    p = build_parser()
+    a = p.parse_args(argv)
     if len(a.images) != 3:
-        build_parser().error(f"--images: expected three counts TRAIN,VAL,TEST, got {len(a.images)}")
+        p.error(f"--images: expected three counts TRAIN,VAL,TEST, got {len(a.images)}")
     cfg = ConceptConfig(tuple(a.images), a.dim, a.seed, a.drop, a.distractors, a.min_count, a.max_words)
     start = time.time()
     summary = build(a.captions, a.out, cfg, overwrite=a.overwrite, log=lambda m: print(f"[{COMMAND}] {m}", flush=True))

@@ -39,10 +39,10 @@ from typing import Callable, Dict, List, Sequence, Tuple
 
 import numpy as np
 
-from ..errors import DataError, OptionError, OutputError
-from ..files import atomic_path, check_output, check_writable_folder, load_json, write_json
+from ..errors import DataError, OptionError
+from ..files import atomic_path, load_json, write_json
 from .text import normalize_caption, pos_tag_captions
-from .video_corpus import SPLITS, Video, corpus_files, write_video_corpus
+from .video_corpus import SPLITS, Video, check_output_folder, corpus_files, write_video_corpus
 
 COMMAND = "nar-caption-concepts"
 CONTENT_TAGS = ("NN", "VB", "JJ")
@@ -201,13 +201,7 @@ def build(captions_path: str, out: str, cfg: ConceptConfig, overwrite: bool = Fa
     cfg.validate()
     names = corpus_files(out) + [os.path.join(out, n) for n in ("features.h5", "concepts.json", "val_held_out.json",
                                                                 "test_held_out.json")]
-    if os.path.exists(out) and not os.path.isdir(out):
-        raise OutputError(f"{out}: not a folder")
-    if os.path.isdir(out):
-        for path in names:
-            check_output(path, COMMAND, inputs=[captions_path], overwrite=overwrite)
-    else:
-        check_writable_folder(os.path.dirname(os.path.abspath(out)), out)
+    check_output_folder(out, names, COMMAND, [captions_path], overwrite)
     captions, empty = read_coco_captions(captions_path)
     splits, counts = select_items(captions, cfg, log)
     co = cooccurrence(splits["train"])

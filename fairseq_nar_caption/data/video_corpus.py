@@ -57,6 +57,19 @@ def corpus_files(out: str) -> List[str]:
             + [f"{s}_refs.json" for s in ("val", "test")]]
 
 
+def check_output_folder(out: str, paths: Sequence[str], command: str, inputs: Sequence[str] = (),
+                        overwrite: bool = False) -> None:
+    """Before any work: ``out`` is a folder whose ``paths`` may be written (``files.check_output``), or
+    does not exist yet and its parent takes a file.  Nothing is created."""
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise OutputError(f"{out}: not a folder")
+    if os.path.isdir(out):
+        for path in paths:
+            check_output(path, command, inputs=inputs, overwrite=overwrite)
+    else:
+        check_writable_folder(os.path.dirname(os.path.abspath(out)), out)
+
+
 def write_video_corpus(out: str, splits: Dict[str, List[Video]], source: str, min_count: int,
                        max_words: int, feature_files: Sequence[str] = (), name: str = "",
                        command: str = "", overwrite: bool = False, inputs: Sequence[str] = ()) -> dict:
@@ -73,14 +86,8 @@ def write_video_corpus(out: str, splits: Dict[str, List[Video]], source: str, mi
         if not splits.get(split):
             raise DataError(f"{source}: no {split} videos")
     check_features(feature_files, [v.item_id for split in SPLITS for v in splits[split]])
-    if os.path.exists(out) and not os.path.isdir(out):
-        raise OutputError(f"{out}: not a folder")
-    if os.path.isdir(out):
-        for path in corpus_files(out):
-            check_output(path, command or name, inputs=list(inputs) + list(feature_files), overwrite=overwrite)
-    else:
-        check_writable_folder(os.path.dirname(os.path.abspath(out)), out)
-        os.makedirs(out)
+    check_output_folder(out, corpus_files(out), command or name, list(inputs) + list(feature_files), overwrite)
+    os.makedirs(out, exist_ok=True)
 
     # (video, caption) pairs per split: training drops over-long captions
     pairs: Dict[str, List[tuple]] = {}

@@ -16,8 +16,8 @@ from the first vertex to the last, each vertex on it emitting a token.  ``--dag-
 
 Every search keeps to what the graph is trained on (words + </s>, ``criterions/dag_loss.py``):
 a path ends at the last vertex, which emits </s>, and no other vertex emits </s>, so a caption has
-at least one word.  The vocabulary rule applies: the banned symbols never win a vertex.  Scores: the path's log-probability (transitions + tokens); positional scores are the
-tokens' log-probabilities.
+at least one word.  The vocabulary rule applies: the banned symbols never win a vertex.  Scores:
+the path's log-probability (transitions + tokens); positional scores are the tokens' log-probabilities.
 """
 import math
 from dataclasses import dataclass, field
@@ -60,15 +60,15 @@ class DAGGenerator(CaptionGenerator):
     def __init__(self, models, dictionary, options: DAGOptions, args=None, context=None, **frame):
         super().__init__(models, dictionary, options, args, context, **frame)  # allow_unk, dedup
         self.mode, self.alpha, self.beam = options.dag_decode, options.dag_length_alpha, options.dag_beam
-        self.never = torch.tensor(sorted(set(self.banned) - {self.eos}), dtype=torch.long)
+        # what a vertex before the last never emits: the banned symbols and </s> (module docstring)
+        self.never = torch.tensor(sorted(set(self.banned) | {self.eos}), dtype=torch.long)
 
     def decode(self, sample, encoder_out) -> List[List[Dict[str, Tensor]]]:
         token_lp, link_lp = self.model.forward_graph(encoder_out)  # one decoder pass
         token_lp = token_lp.float()
-        token_lp[:, :, self.never.to(token_lp.device)] = -math.inf
         eos = token_lp[:, -1, self.eos].clone()
-        token_lp[:, :-1, self.eos] = -math.inf  # </s> at the last vertex only (module docstring)
-        token_lp[:, -1] = -math.inf
+        token_lp[:, :-1, self.never.to(token_lp.device)] = -math.inf
+        token_lp[:, -1] = -math.inf  # the last vertex emits </s> only
         token_lp[:, -1, self.eos] = eos
         token_lp, link_lp = token_lp.cpu(), link_lp.float().cpu()  # the path search runs on the host
         out = []
