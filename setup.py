@@ -29,6 +29,7 @@ setup(
             "nar-caption-extract=fairseq_nar_caption.cli.extract:cli_main",
             "nar-caption-caption=fairseq_nar_caption.cli.caption:cli_main",
             "nar-caption-concepts=fairseq_nar_caption.cli.concepts:cli_main",
+            "nar-caption-select-decoding=fairseq_nar_caption.cli.select_decoding:cli_main",
         ]
     },
 )

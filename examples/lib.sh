@@ -23,10 +23,27 @@ TOY_FLAGS="--batch-size $TOY_BSZ --num-workers 0 $VALID --cpu --no-progress-bar"
 
 # --- the demo's scale: make demo (scripts/demo.sh) and examples/arena/coco_concepts.sh's SCALE=demo ---
 demo_scale() {  # exports the arena's short-training settings; a setting already in the environment wins
-  # a small model for every row (d 128, 1 encoder + 2 decoder layers), short training, one row per paradigm
+  # a small model for every row (d 128, 1 encoder + 2 decoder layers), short training (the AR models: to their
+  # validation plateau, at most 6 epochs), one row per paradigm
   export SIZE="${SIZE:---embed-dim 128 --ffn-embed-dim 512 --attention-heads 4 --encoder-layers 1 --decoder-layers 2}"
-  export ROWS=demo AR_EPOCHS="${AR_EPOCHS:-3}" NAR_UPDATES="${NAR_UPDATES:-300}" BENCH_ITEMS="${BENCH_ITEMS:-100}" \
+  export ROWS=demo AR_EPOCHS="${AR_EPOCHS:-6}" AR_PATIENCE="${AR_PATIENCE:-2}" AR_BEAMS="${AR_BEAMS:-1 5}" NAR_UPDATES="${NAR_UPDATES:-300}" BENCH_ITEMS="${BENCH_ITEMS:-100}" \
     PASSES=1 METRICS=Bleu,METEOR,CIDEr-D
+}
+
+# shallow_size SIZE: the model size flags with one decoder layer and the encoder deeper by the removed decoder
+# layers' parameters (Kasai et al. 2021's deep-encoder / shallow-decoder AR model at the same budget): a decoder
+# layer holds 8d² + 2·d·ffn weights (self- and cross-attention, FFN), an encoder layer 4d² + 2·d·ffn
+shallow_size() {
+  python - "$1" <<'PY'
+import re, sys
+size = sys.argv[1]
+get = lambda name, default: int((re.search(rf"--{name} (\d+)", size) or [None, default])[1])
+d, f = get("embed-dim", 512), get("ffn-embed-dim", 2048)
+enc, dec = get("encoder-layers", 6), get("decoder-layers", 6)
+extra = round((dec - 1) * (8 * d * d + 2 * d * f) / (4 * d * d + 2 * d * f))
+size = re.sub(r"--encoder-layers \d+ ?", "", re.sub(r"--decoder-layers \d+ ?", "", size)).strip()
+print(f"{size} --encoder-layers {enc + extra} --decoder-layers 1")
+PY
 }
 
 # --- settings (defaults) ---

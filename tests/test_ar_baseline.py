@@ -117,17 +117,22 @@ def test_benchmark_harness(trained, tmp_path):
     data, ckpt, _ = trained
     rows, _ = benchmark.main([str(data), "--row", f"beam5=--path {ckpt} --beam 5 --max-len-b 10",
                               "--row", f"greedy=--path {ckpt} --beam 1 --max-len-b 10", "--warmup", "3",
+                              "--ar-rows", "beam5,greedy", "--compare", "greedy",
                               "--passes", "2", "--throughput-batch", "8", "--metrics", "Bleu,CIDEr-D",
                               "--out-json", str(tmp_path / "b.json"), "--out-md", str(tmp_path / "b.md"),
                               "--out-png", str(tmp_path / "b.png")])
     j = json.load(open(tmp_path / "b.json"))
     assert [r["name"] for r in j["rows"]] == ["beam5", "greedy"]
-    assert j["rows"][0]["speedup"] == 1.0
+    # the best AR row (here the better of the two) is the reference of the speed-ups and percentages
+    best = max(j["rows"], key=lambda r: (r["scores"]["CIDEr-D"], r["name"] == "beam5"))
+    assert j["environment"]["best_ar"] == j["environment"]["baseline"] == best["name"]
+    assert best["speedup"] == 1.0 and best["quality_pct"] == pytest.approx(100.0)
+    assert j["rows"][1]["vs"]["greedy"]["speedup"] == 1.0 and j["rows"][1]["vs"]["greedy"]["throughput_ratio"] == 1.0
     # 15 items, 3 warm-up items in the first pass only: 12 + 15 timed decodes
     assert all(r["latency"]["timed_items"] == 27 and r["n_items"] == 15 for r in j["rows"])
     assert all(r["throughput"] > 0 and r["latency"]["q1_ms"] <= r["latency"]["median_ms"] <= r["latency"]["q3_ms"]
                for r in j["rows"])
-    assert rows[1]["speedup"] == pytest.approx(rows[0]["latency"]["median_ms"] / rows[1]["latency"]["median_ms"])
+    assert rows[1]["speedup"] == pytest.approx(best["latency"]["median_ms"] / rows[1]["latency"]["median_ms"])
     # greedy AR: one incremental decoder pass per output token (words + </s>)
     greedy = j["rows"][1]
     loaded, ds = _load(trained, "--beam", "1")
@@ -137,12 +142,73 @@ def test_benchmark_harness(trained, tmp_path):
     assert all(r["x_bare"] > 0 and r["overhead"] > 0 and r["unk_rate"] == 0 for r in j["rows"])
     md = (tmp_path / "b.md").read_text()
     assert "| beam5 |" in md and "| greedy |" in md and "CIDEr-D" in md and "banned_symbols" in md
+    assert f"% of the best AR row, {best['name']}" in md and "| % of best AR |" in md and "speed-up vs greedy" in md and "throughput vs greedy" in md
     # the PNG's plotted points are the JSON's (stored in its metadata by evaluation/chart.py)
     from PIL import Image
     png = json.loads(Image.open(tmp_path / "b.png").text["Points"])
     assert png == j["chart"] and [p["name"] for p in png] == ["beam5", "greedy"]
     assert [p["cider"] for p in png] == [pytest.approx(100 * r["scores"]["CIDEr-D"], abs=1e-3) for r in j["rows"]]
     assert any(p["pareto"] for p in png)
+
+
+def _row(name, cider, ms, thr):
+    return {"name": name, "scores": {"CIDEr-D": cider}, "latency": {"median_ms": ms}, "throughput": thr}
+
+
+def test_relate_best_ar_row_speed_baseline_and_compared_rows():
+    # hand-worked: the best AR row is "AR best" (CIDEr-D 0.9 > 0.8), so percentages, speed-ups and throughput
+    # ratios are of it; "AR shallow" is the compared row
+    rows = [_row("AR beam 5", 0.8, 40.0, 100.0), _row("AR best", 0.9, 50.0, 80.0),
+            _row("AR shallow", 0.7, 20.0, 160.0), _row("NAR", 0.72, 5.0, 240.0)]
+    base, best = benchmark.relate(rows, ar_rows=["AR beam 5", "AR best", "AR shallow"], compare=["AR shallow"])
+    assert (base, best) == ("AR best", "AR best")
+    nar = rows[3]
+    assert nar["quality_pct"] == pytest.approx(80.0) and nar["speedup"] == pytest.approx(10.0)
+    assert nar["throughput_ratio"] == pytest.approx(3.0)
+    assert nar["vs"]["AR shallow"] == {"speedup": pytest.approx(4.0), "throughput_ratio": pytest.approx(1.5)}
+    assert rows[0]["quality_pct"] == pytest.approx(100 * 0.8 / 0.9) and rows[1]["speedup"] == 1.0
+    # an explicit baseline keeps the speed reference; a tie between AR rows goes to the first named
+    rows[0]["scores"]["CIDEr-D"] = 0.9
+    base, best = benchmark.relate(rows, baseline="AR shallow", ar_rows=["AR best", "AR beam 5"])
+    assert (base, best) == ("AR shallow", "AR best") and rows[3]["speedup"] == pytest.approx(4.0)
+    # no AR rows: the first row is the speed baseline and no percentage is given
+    rows = [_row("a", 0.5, 10.0, None), _row("b", 0.6, 2.0, None)]
+    assert benchmark.relate(rows) == ("a", None) and rows[1]["speedup"] == 5.0
+    assert rows[1]["throughput_ratio"] is None and "quality_pct" not in rows[1]
+
+
+def test_benchmark_refuses_reference_rows_that_are_not_rows(tmp_path, capsys):
+    for option in ("--ar-rows", "--compare", "--baseline"):
+        with pytest.raises(SystemExit):
+            benchmark.main([str(tmp_path), "--row", "a=--path x.pt", option, "AR shallow"])
+        assert f"{option}: not a row name: 'AR shallow'" in capsys.readouterr().err
+
+
+def test_select_decoding_on_the_validation_split(trained, tmp_path):
+    from fairseq_nar_caption.cli import select_decoding
+    from fairseq_nar_caption.evaluation.coco_metrics import coco_scores
+
+    data, ckpt, _ = trained
+    out = tmp_path / "val.json"
+    best, every = select_decoding.main([str(data), "--common", f"--path {ckpt} --max-len-b 10",
+                                        "--candidate", "cut=--beam 1 --max-len-a 0 --max-len-b 2",
+                                        "--candidate", "greedy=--beam 1", "--candidate", "beam 3=--beam 3",
+                                        "--candidate", "greedy again=--beam 1", "--out-json", str(out)])
+    # every score is the scorer's CIDEr-D of that candidate's val captions (computed here independently)
+    for c in every:
+        loaded, _ = _load(trained, *c["args"])  # --max-len-b 10, or the candidate's own
+        loaded.task.load_dataset("val")
+        ds = loaded.task.dataset("val")
+        caps = inference.decode_dataset(loaded, ds, batch_size=4)
+        assert len(caps) == 15
+        want = 100 * coco_scores({i: ds.refs[i] for i in caps}, caps, spice="off", metrics=["CIDEr-D"])["CIDEr-D"]
+        assert c["score"] == pytest.approx(want, abs=1e-6), c["name"]
+    scores = {c["name"]: c["score"] for c in every}
+    assert scores["cut"] < scores["greedy"] == scores["greedy again"]  # two-word captions lose
+    assert best["score"] == max(scores.values()) and best["name"] != "greedy again"  # the first on a tie
+    assert json.load(open(out))["best"] == best
+    with pytest.raises(SystemExit):  # never chosen on the test split
+        select_decoding.main([str(data), "--subset", "test", "--candidate", "g=--beam 1"])
 
 
 def test_benchmark_row_names_may_contain_equals():

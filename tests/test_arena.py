@@ -49,8 +49,15 @@ def generate_args(run, name):
 
 def test_arena_recipe_trains_every_paradigm_on_one_teacher_and_one_distillation(arena):
     data, run, out = arena
-    for folder in ("ar", "nacf", "saic", "narvl", "rdt", "dag", "dag_raw"):
+    for folder in ("ar", "ar_shallow", "nacf", "saic", "narvl", "rdt", "dag", "dag_raw"):
         assert (run / folder / "checkpoint_best.pt").is_file(), folder
+    # the AR models: selected by validation CIDEr-D with patience; the shallow one has a single decoder layer
+    # and the encoder deeper by the removed layer's parameters (d 64, ffn 128: 1.5 encoder layers per decoder
+    # layer, so 1 + 2 encoder layers)
+    for folder in ("ar", "ar_shallow"):
+        assert torch.load(run / folder / "checkpoint_best.pt", weights_only=True)["cfg"]["checkpoint"]["patience"] == 3
+    shallow = torch.load(run / "ar_shallow" / "checkpoint_best.pt", weights_only=True)["cfg"]["model"]
+    assert (shallow["encoder_layers"], shallow["decoder_layers"]) == (3, 1)
     kd = data / f"train_distill_{run.name}.tsv"
     assert kd.is_file() and len(kd.read_text().splitlines()) == 201  # header + one teacher caption per image
     for folder in ("nacf", "saic", "narvl", "rdt", "dag"):  # every NAR row trained on that one distilled split
@@ -175,3 +182,56 @@ def test_every_criterion_trains_under_cpu_bfloat16_autocast(arena, folder):
     loss.backward()
     grads = [p.grad for p in model.parameters() if p.grad is not None]
     assert grads and all(torch.isfinite(g).all() for g in grads), folder
+
+
+# no per-step host synchronisation in the iterative decoders: the reads of tensor values on the host (.item(),
+# .tolist(), bool / int / float of a tensor, .cpu()) made inside a generator's pass loop do not grow with the
+# number of passes (what the hypotheses cost afterwards depends on the caption lengths, not on the loop)
+HOST_READS = ("item", "tolist", "__bool__", "__int__", "__float__", "cpu")
+LOOPS = {"sample", "_mask_predict", "_fix_q_per_pass"}  # DiffusionGenerator.sample, MaskPredictGenerator's loops
+
+
+@pytest.mark.parametrize("folder,few,many", [
+    ("nacf", ["--generator", "mp", "--nar-iterations", "1"], ["--generator", "mp", "--nar-iterations", "6"]),
+    ("nacf", ["--generator", "ct-mp", "--nar-iterations", "1"], ["--generator", "ct-mp", "--nar-iterations", "6"]),
+    ("nacf", ["--generator", "ef", "--nar-q", "6"], ["--generator", "ef", "--nar-q", "1"]),
+    ("nacf", ["--generator", "l2r", "--nar-q", "6"], ["--generator", "l2r", "--nar-q", "1"]),
+    ("rdt", ["--generator", "diffusion", "--diffusion-steps", "2"], ["--generator", "diffusion", "--diffusion-steps", "9"]),
+    ("rdt", ["--generator", "diffusion", "--diffusion-steps", "2", "--diffusion-noise"],
+     ["--generator", "diffusion", "--diffusion-steps", "9", "--diffusion-noise"]),
+])
+def test_host_reads_do_not_grow_with_the_decoding_passes(arena, monkeypatch, folder, few, many):
+    import sys
+
+    from fairseq_nar_caption import inference
+    from fairseq_nar_caption.evaluation.latency import PassCounter
+
+    def in_loop():
+        f = sys._getframe(2)
+        while f is not None:
+            if f.f_code.co_name in LOOPS and "generators" in f.f_code.co_filename:
+                return True
+            f = f.f_back
+        return False
+
+    data, run, _ = arena
+    extra = ["--retrieval-file", str(run / "retrieval.json")] if folder == "rdt" else []
+    reads, passes = [], []
+    for args in (few, many):
+        loaded = inference.load(str(data), ["--path", str(run / folder / "checkpoint_best.pt"), *args, *extra, "--cpu"])
+        loaded.task.load_dataset("test")
+        sample = next(inference.batches(loaded.task.dataset("test"), 8))
+        count, counter = [0], PassCounter(loaded)
+        with monkeypatch.context() as m:
+            for name in HOST_READS:
+                def wrapped(self, *a, _orig=getattr(torch.Tensor, name), **k):
+                    count[0] += in_loop()
+                    return _orig(self, *a, **k)
+                m.setattr(torch.Tensor, name, wrapped)
+            before = counter.count
+            inference.decode_batch(loaded, sample)
+            passes.append(counter.count - before)
+        counter.close()
+        reads.append(count[0])
+    assert passes[1] > passes[0], passes  # the second configuration runs more decoder passes ...
+    assert reads[1] == reads[0] <= 1, (reads, passes)  # ... and the loops read at most once (EF / L2R's pass count)

@@ -346,7 +346,7 @@ def test_benchmark_hook_and_distillation_with_the_trained_model(vl_data, trained
                                   throughput_batch=0, log=lambda m: None)
     assert set(rows[0]["scores"]) == {"vqa_accuracy"} and rows[0]["n_items"] == 12
     assert rows[0]["decoder_passes"] == 1  # one pass over the queries
-    assert benchmark.task_metric_table(rows).startswith("| configuration | vqa_accuracy | latency ms (median [IQR])")
+    assert benchmark.markdown_table(rows).startswith("| configuration | vqa_accuracy | latency ms (median [IQR])")
     out, outputs = distill_vl.distill_vl(str(vl_data), str(trained_vqa), "vqa", split="test",
                                          out_split="test_distilltest", batch_size=32, generate_args=COMMON[4:] + [
                                              "--generator", "ctc"])

@@ -290,6 +290,20 @@ def test_goal_table_reads_the_quality_goals_off_a_benchmark_json(tmp_path, capsy
     assert "| CTC (one pass) ≥ 90 % of AR beam 5 | 150.0 = 94 % (NARVL CTC) | met |" in out
     assert "| RDT T=10 within 1 CIDEr-D of T=50 | 120.0 vs 121.5 | not met |" in out
     assert "| RDT T=10 ≥ 20 CIDEr-D above its retrieved sentence alone | 120.0 vs 99.0 | met |" in out
+    # issue #20: the best AR row is the reference; the shallow-decoder row and throughput
+    for r, passes, rep, thr in zip(rows, [3, 1, 2, 3, 6, 10, 50], [0, .02, .01, .08, 0, .3, .2], [50, 300, 200, 120, 60, 90, 20]):
+        r.update(decoder_passes=passes, repeat_rate=rep, throughput=thr, throughput_batch=64)
+    rows += [dict(row("AR greedy", 165.0, 30.0), decoder_passes=12, repeat_rate=0, throughput=150),
+             dict(row("AR shallow greedy", 150.0, 10.0), decoder_passes=12, repeat_rate=0, throughput=200)]
+    path.write_text(json.dumps({"rows": rows, "environment": {"best_ar": "AR greedy", "compare": ["AR shallow greedy"]}}))
+    goals.main([str(path)])
+    out = capsys.readouterr().out
+    assert "| CTC ≥ 6× faster than AR greedy (batch 1, CPU) | 1.50× | not met |" in out
+    assert "| best one-pass NAR row ≥ 90 % of AR greedy (165.0) at ≥ 4× its batch-1 speed |" not in out  # none 4x
+    assert "| no NAR row above 5 % captions with an immediately repeated word | worst 30.0 % (RDT T=10;" in out
+    assert "| AR beam ≥ AR greedy | 160.0 (AR beam 5) vs 165.0 | not met |" in out
+    assert "| NAR rows ≥ 3× faster than AR shallow greedy (batch 1) | 0/6 rows; slowest 0.05× (RDT T=50) | not met |" in out
+    assert "| fastest NAR row's throughput at batch 64 ≥ 1.5× AR greedy's | 2.00× (NARVL CTC, 300 vs 150 items/s) | met |" in out
 
 
 def test_orderings_pair_seeds_and_give_a_verdict_per_claim(tmp_path):

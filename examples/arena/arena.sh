@@ -2,7 +2,10 @@
 # The arena: every decoding paradigm on one feature folder, one AR teacher, one distilled
 # training split, one interleaved benchmark run, one table and one speed–quality chart.
 #
-#   1. AR model (ar_caption, the baseline and the teacher) on the raw captions;
+#   1. AR model (ar_caption, the baseline and the teacher) on the raw captions, trained until its validation
+#      CIDEr-D (greedy) stops improving (AR_PATIENCE validations, at most AR_EPOCHS epochs); beside it the
+#      shallow-decoder AR model (Kasai et al. 2021: one decoder layer, the encoder deeper by the removed layers'
+#      parameters), the fast-AR competitor, trained the same way;
 #   2. sequence-level distillation of every training item by the AR model (beam 5): train_distill;
 #   3. the retrieval file RDT is conditioned on (nar-caption-retrieve);
 #   4. one model per paradigm, all of the AR model's encoder and decoder size and dictionary,
@@ -12,17 +15,23 @@
 #      condition; its Semantic Transformer + Sentence Decoder blocks add up to the AR decoder depth),
 #      DAG (a graph of 2 x 32 vertices and transitions, DA-Transformer's loss over every path, from the
 #      AR weights; ROWS=full also trains it on the raw captions, dag_raw);
-#   5. nar-caption-benchmark over all rows at once (rows interleaved, one thread, median + IQR,
-#      decoder passes, bare-forward multiples), markdown + JSON + Pareto PNG.
+#   5. the AR models' decoding (beam size x length penalty: AR_BEAMS, AR_LENPENS) chosen on the val split
+#      (nar-caption-select-decoding);
+#   6. nar-caption-benchmark over all rows at once (rows interleaved, one thread, median + IQR,
+#      decoder passes, bare-forward multiples, throughput at batch 64): every percentage is of the best AR
+#      row, speed-ups and throughput ratios against it and against the shallow-decoder AR row (greedy);
+#      markdown + JSON + two-panel Pareto PNG (batch-1 latency, throughput).
 #
 # Configuration (environment; defaults = the full toy-images arena of examples/arena/README.md):
-#   DATA RUN FEATS SIZE AR_EPOCHS NAR_UPDATES RDT_UPDATES SAIC_K BENCH_ITEMS PASSES THREADS LENGTHS METRICS
+#   DATA RUN FEATS SIZE AR_EPOCHS AR_PATIENCE AR_BEAMS AR_LENPENS NAR_UPDATES RDT_UPDATES SAIC_K BENCH_ITEMS
+#   PASSES THREADS LENGTHS METRICS
 #   ROWS=full|demo   (demo: one row per paradigm + AR greedy / beam 5)
 #   GLAT=0.5         glancing training λ for NACF and NARVL (criterions/glancing.py; not in the papers);
 #                    GLAT=0 is the papers' training (examples/arena/README.md: the measured effect)
 #   NACF_POSITIONS=--scale-positions   NACF's position embeddings at the token scale (models/nacf.py);
 #                    NACF_POSITIONS= is fairseq's AR convention, under which an all-<mask> input collapses
 #   NAR=0            stop after steps 1-3 (teacher, distillation, retrieval file)
+#   SHALLOW=0        no shallow-decoder AR model and none of its rows (the teacher then trains with AR_THREADS, 2)
 # Every NAR model is validated by decoding (--eval-cider: CIDEr-D of the generator its main row uses, on
 # the val split) and the benchmark decodes the checkpoint with the best validation CIDEr-D.
 # Every step is skipped when its output exists (delete $RUN to start over); framework logs go to
@@ -37,7 +46,9 @@ SIZE=${SIZE:---embed-dim 256 --ffn-embed-dim 1024 --attention-heads 4 --encoder-
 # NAR budget: 600 updates ≈ 30 min per model at one thread with two trainings sharing 2 cores (toy images,
 # 19 epochs of the 2000-item distilled split); RDT's cheaper updates: 1.5× as many (its curve is still
 # steep at 600: examples/rdt/README.md)
-AR_EPOCHS=${AR_EPOCHS:-4}; NAR_UPDATES=${NAR_UPDATES:-600}; RDT_UPDATES=${RDT_UPDATES:-$(( NAR_UPDATES * 3 / 2 ))}
+# The AR models: at most AR_EPOCHS epochs, stopped after AR_PATIENCE validations without a better CIDEr-D
+AR_EPOCHS=${AR_EPOCHS:-30}; AR_PATIENCE=${AR_PATIENCE:-3}; AR_BEAMS=${AR_BEAMS:-1 3 5}; AR_LENPENS=${AR_LENPENS:-0.6 1 1.4}
+NAR_UPDATES=${NAR_UPDATES:-600}; RDT_UPDATES=${RDT_UPDATES:-$(( NAR_UPDATES * 3 / 2 ))}
 SAIC_K=${SAIC_K:-2}; BENCH_ITEMS=${BENCH_ITEMS:-250}; PASSES=${PASSES:-2}; THREADS=${THREADS:-1}
 LENGTHS=${LENGTHS:-8,16,30}; METRICS=${METRICS:-Bleu,METEOR,CIDEr-D}; ROWS=${ROWS:-full}; GLAT=${GLAT:-0.5}
 NACF_POSITIONS=${NACF_POSITIONS---scale-positions}
@@ -54,9 +65,25 @@ source examples/arena/recipe.sh  # COMMON NAR_OPT and each paradigm's flags
 # per validation; skipped once finished, an interrupted run resumes from its checkpoint_last.pt.
 TRAIN="$COMMON --seed ${SEED:-1}"; TRAIN_LOGS=$LOGS; VALID_LINES=1
 
-# 1. the AR model: baseline and teacher
-OMP_NUM_THREADS=${AR_THREADS:-2} train ar --arch ar_caption $SIZE $XENT $OPT_TOY --max-epoch "$AR_EPOCHS" \
-  --best-checkpoint-metric loss
+both() {  # both PID PID: wait for two background trainings, fail if either failed
+  local ok=0; wait "$1" || ok=1; wait "$2" || ok=1
+  [ $ok = 0 ] || { echo "a training failed (see above)" >&2; exit 1; }
+}
+
+# 1. the AR model (baseline and teacher) and the shallow-decoder AR model (one decoder layer; the encoder deeper by
+#    the removed decoder layers' parameters: examples/lib.sh shallow_size), side by side, one thread each, on the raw
+#    captions, each trained to its plateau: validated by greedy decoding (CIDEr-D), stopped after AR_PATIENCE
+#    validations without a better one (at most AR_EPOCHS epochs); checkpoint_best.pt: the best validation CIDEr-D
+AR_FLAGS="--arch ar_caption $XENT $OPT_TOY --max-epoch $AR_EPOCHS --patience $AR_PATIENCE $SELECT
+  --eval-cider-args {\"beam\":1,\"max_len_b\":30}"
+SHALLOW=${SHALLOW:-1}; SHALLOW_SIZE=$(shallow_size "$SIZE")
+if [ "$SHALLOW" = 1 ]; then
+  OMP_NUM_THREADS=1 train ar $SIZE $AR_FLAGS & P1=$!
+  OMP_NUM_THREADS=1 train ar_shallow $SHALLOW_SIZE $AR_FLAGS & P2=$!
+  both $P1 $P2
+else
+  OMP_NUM_THREADS=${AR_THREADS:-2} train ar $SIZE $AR_FLAGS
+fi
 
 # 2. one distillation (beam 5), shared by every NAR row; the split is named after the run, so
 #    several arenas can share one data folder
@@ -78,10 +105,6 @@ fi
 if [ "${NAR:-1}" = 0 ]; then step "NAR=0: teacher, distillation and retrieval file ready in $RUN"; exit 0; fi
 
 # 4. one model per paradigm, same sizes, same distilled data; two trainings at a time (one core each)
-both() {  # both PID PID: wait for two background trainings, fail if either failed
-  local ok=0; wait "$1" || ok=1; wait "$2" || ok=1
-  [ $ok = 0 ] || { echo "a training failed (see above)" >&2; exit 1; }
-}
 # every NAR model is validated by decoding: the CIDEr-D of its main row picks its checkpoint_best.pt
 DIS="--train-subset $KD"
 train nacf $NACF_FLAGS --glat-ratio "$GLAT" $NACF_POSITIONS --length-beam 3 $DIS & P1=$!
@@ -98,12 +121,37 @@ else  # ... and on the raw captions (DA-Transformer's claim: it needs no distill
   both $P1 $P2
 fi
 
-# 5. the benchmark: every row in one interleaved run; every model's checkpoint_best.pt (NAR: by validation
-#    CIDEr-D, not by a masked / noised loss over raw captions, which says little about models trained on
-#    distilled captions).  BENCH=0 stops after training (time the benchmark on a quiet machine).
-if [ "${BENCH:-1}" = 0 ]; then step "trained; BENCH=0: benchmark skipped"; exit 0; fi
+# 5. the AR models' decoding chosen on the val split: every beam size of AR_BEAMS (beyond 1: with every length
+#    penalty of AR_LENPENS); a choice other than greedy / beam 5 becomes a row of its own
+if [ "${BENCH:-1}" = 0 ]; then step "trained; BENCH=0: decoding choice and benchmark skipped"; exit 0; fi
+choose() {  # choose NAME CHECKPOINT: $RUN/NAME_val_decoding.json; prints the chosen candidate's name
+  local out="$RUN/$1_val_decoding.json" cand=()
+  for b in $AR_BEAMS; do
+    if [ "$b" = 1 ]; then cand+=(--candidate "greedy=--beam 1"); continue; fi
+    for lp in $AR_LENPENS; do cand+=(--candidate "beam $b$([ "$lp" = 1 ] || echo " lenpen $lp")=--beam $b --lenpen $lp"); done
+  done
+  if [ ! -f "$out" ]; then
+    step "$1: decoding chosen on val ($(( ${#cand[@]} / 2 )) candidates; log: $LOGS/$1_val_decoding.log)" >&2
+    OMP_NUM_THREADS=${AR_THREADS:-2} nar-caption-select-decoding "$DATA" --subset val --common "--path $2 --max-len-b 30 $FEATS" \
+      "${cand[@]}" --out-json "$out" > "$LOGS/$1_val_decoding.log" 2>&1 || { tail -n 15 "$LOGS/$1_val_decoding.log" >&2; exit 1; }
+  fi
+  python -c "import json, sys; b = json.load(open(sys.argv[1]))['best']; print(b['name'] + '=' + ' '.join(b['args']))" "$out"
+}
+
+# 6. the benchmark: every row in one interleaved run; every model's checkpoint_best.pt (by validation
+#    CIDEr-D; NAR: not by a masked / noised loss over raw captions, which says little about models trained on
+#    distilled captions).  Percentages are of the best AR row; BENCH=0 stops after training (time the
+#    benchmark on a quiet machine).
 A="--path $AR --max-len-b 30 $FEATS"
-ROW=(--row "AR beam 5=$A --beam 5" --row "AR greedy=$A --beam 1")
+ROW=(--row "AR beam 5=$A --beam 5" --row "AR greedy=$A --beam 1"); AR_ROWS="AR beam 5,AR greedy"; VS=()
+PICK=$(choose ar "$AR"); step "AR: chosen on val: ${PICK%%=*}"
+case "${PICK%%=*}" in greedy|"beam 5") ;; *) ROW+=(--row "AR ${PICK%%=*} (val)=$A ${PICK#*=}"); AR_ROWS+=",AR ${PICK%%=*} (val)" ;; esac
+if [ "$SHALLOW" = 1 ]; then
+  H="--path $RUN/ar_shallow/checkpoint_best.pt --max-len-b 30 $FEATS"
+  ROW+=(--row "AR shallow greedy=$H --beam 1"); AR_ROWS+=",AR shallow greedy"; VS=(--compare "AR shallow greedy")
+  PICK=$(choose ar_shallow "$RUN/ar_shallow/checkpoint_best.pt"); step "AR shallow: chosen on val: ${PICK%%=*}"
+  [ "${PICK%%=*}" = greedy ] || { ROW+=(--row "AR shallow ${PICK%%=*} (val)=$H ${PICK#*=}"); AR_ROWS+=",AR shallow ${PICK%%=*} (val)"; }
+fi
 N="--path $RUN/nacf/checkpoint_best.pt $FEATS --generator"
 S="--path $RUN/saic/checkpoint_best.pt --max-len-b 30 $FEATS --generator outline-fill"
 C="--path $RUN/narvl/checkpoint_best.pt $FEATS --generator ctc"
@@ -138,7 +186,7 @@ fi
 step "benchmark: $(( ${#ROW[@]} / 2 )) rows, $BENCH_ITEMS items, $PASSES interleaved pass(es), $THREADS thread(s) (log: $LOGS/benchmark.log)"
 SWEEP=(); [ -n "$LENGTHS" ] && SWEEP=(--length-sweep "$LENGTHS")
 OMP_NUM_THREADS=$THREADS nar-caption-benchmark "$DATA" --subset test --threads "$THREADS" --max-items "$BENCH_ITEMS" \
-  --passes "$PASSES" --metrics "$METRICS" --baseline "AR beam 5" "${SWEEP[@]}" "${ROW[@]}" \
+  --passes "$PASSES" --metrics "$METRICS" --ar-rows "$AR_ROWS" "${VS[@]}" "${SWEEP[@]}" "${ROW[@]}" \
   --title "${TITLE:-arena: $DATA}" --out-json "$RUN/benchmark.json" --out-md "$RUN/benchmark.md" \
   --out-png "$RUN/benchmark.png" > /dev/null \
   2> >(tee "$LOGS/benchmark.log" | grep --line-buffered "^\[benchmark\]" | sed -u 's/^/     /' >&2) \

@@ -13,8 +13,12 @@ drift on a shared machine hits every row alike; latency is the median with its
 inter-quartile range over items × ``--passes``.  Quality comes from the same scorer for
 every row (BLEU-4, METEOR, CIDEr-D on the batch-1 captions) plus the rate of captions with
 an immediately repeated word and of captions with <unk> (the vocabulary rule:
-``generators.base.banned_symbols``, the same for every row).  Speed-ups are relative to
-``--baseline`` (default: the first row).  ``--length-sweep 8,16,32`` also times every row
+``generators.base.banned_symbols``, the same for every row).  ``--ar-rows A,B,...`` names the
+autoregressive rows: the best of them by the main score (CIDEr-D) on this run is the reference
+every quality percentage is of ("% of best AR"), and, unless ``--baseline`` names another row,
+the row the speed-ups (batch 1) and throughput ratios (``--throughput-batch``) are relative to
+(default without either: the first row).  ``--compare NAME`` (repeatable) adds the speed-up and
+throughput ratio against a further row, e.g. a shallow-decoder AR model.  ``--length-sweep 8,16,32`` also times every row
 with its caption length forced to that many tokens (each generator says how, where it registers:
 e.g. AR / outline-fill ``--min-len`` = ``--max-len-b``, NACF ``--nar-min-length`` =
 ``--nar-max-length``; generators that decode a fixed number of positions whatever the length,
@@ -34,7 +38,7 @@ import sys
 import torch
 
 from .. import inference
-from ..evaluation.chart import chart_points, draw_pareto
+from ..evaluation.chart import chart_points, draw_pareto, plt
 from ..evaluation.coco_metrics import METRICS, coco_scores
 from ..evaluation.diversity import repeat_rate, unk_rate
 from ..evaluation.latency import interleaved_latency, interleaved_throughput, markdown_table, summarize
@@ -86,19 +90,56 @@ def _load_rows(data, subset, rows, device, fp16):
     return loaded, datasets
 
 
-def _score(loaded, ds, captions, metrics):
+def row_scores(loaded, ds, captions, metrics):
+    """The scores of one row's captions (item id → caption) on its dataset: the task's own scorer where it
+    has one, else the COCO metrics against the dataset's references."""
     if hasattr(loaded.task, "benchmark_scores"):  # the task scores its own outputs (vision_language)
         return loaded.task.benchmark_scores(ds, captions, metrics=list(metrics))
     return coco_scores({i: ds.refs[i] for i in captions}, captions, spice="off", metrics=list(metrics))
 
 
+def main_score(scores: dict) -> str:
+    """The score a row is ranked by: CIDEr-D for captions, else the task's first metric."""
+    return "CIDEr-D" if "CIDEr-D" in scores else next(k for k, v in scores.items() if isinstance(v, float))
+
+
+def relate(results, baseline=None, ar_rows=(), compare=()):
+    """Fill each row's comparisons (in place) and return the names (speed baseline, best AR row
+    or None).  The best AR row is the highest main score among ``ar_rows`` (the first on a tie);
+    per row: ``quality_pct`` (its main score as % of the best AR row's), ``speedup`` (batch-1
+    latency ratio) and ``throughput_ratio`` against the speed baseline (``baseline``, else the
+    best AR row, else the first row), and ``vs[NAME]`` with both ratios for every ``compare`` row."""
+    by = {r["name"]: r for r in results}
+    best = None
+    if ar_rows:
+        key = main_score(results[0]["scores"])
+        best = max(ar_rows, key=lambda n: (by[n]["scores"][key], -list(ar_rows).index(n)))
+    base = baseline or best or results[0]["name"]
+
+    def ratios(r, ref):
+        thr = r["throughput"] / ref["throughput"] if r.get("throughput") and ref.get("throughput") else None
+        return ref["latency"]["median_ms"] / r["latency"]["median_ms"], thr
+
+    for r in results:
+        r["speedup"], r["throughput_ratio"] = ratios(r, by[base])
+        r["vs"] = {n: dict(zip(("speedup", "throughput_ratio"), ratios(r, by[n]))) for n in compare}
+        if best:
+            key = main_score(r["scores"])
+            r["quality_pct"] = 100 * r["scores"][key] / by[best]["scores"][key] if by[best]["scores"][key] else None
+    return base, best
+
+
 def benchmark(data, subset, rows, device="cpu", warmup=5, max_items=None, throughput_batch=64,
               metrics=("Bleu", "METEOR", "CIDEr-D"), passes=1, baseline=None, length_sweep=(), sweep_items=30,
-              fp16=False, log=print):
+              fp16=False, log=print, ar_rows=(), compare=()):
+    """Returns (rows, sweep); every row carries its comparisons (``relate``: the names of the speed
+    baseline and of the best AR row are in ``rows[0]["reference"]``)."""
     names = [n for n, _ in rows]
     if len(set(names)) != len(names):
         raise GeneratorError(f"row names must be unique, got {names}")
-    base = names.index(baseline) if baseline else 0
+    unknown = [n for n in (*ar_rows, *compare, *([baseline] if baseline else [])) if n not in names]
+    if unknown:
+        raise GeneratorError(f"not row names: {', '.join(unknown)} (rows: {', '.join(names)})")
     log(f"[benchmark] loading {len(rows)} rows")
     loaded, datasets = _load_rows(data, subset, rows, device, fp16)
 
@@ -111,7 +152,7 @@ def benchmark(data, subset, rows, device="cpu", warmup=5, max_items=None, throug
     results = []
     for k, ((name, args), ld, ds, res) in enumerate(zip(rows, loaded, datasets, lat)):
         caps = res["captions"]
-        scores = _score(ld, ds, caps, metrics)
+        scores = row_scores(ld, ds, caps, metrics)
         summary = summarize(res["times"])
         passes_per_item = statistics.fmean(res["passes"])
         enc, dec = statistics.median(res["enc"]) * 1000, statistics.median(res["dec"]) * 1000
@@ -126,9 +167,9 @@ def benchmark(data, subset, rows, device="cpu", warmup=5, max_items=None, throug
         quality = ", ".join(f"{k2} {100 * v:.1f}" for k2, v in scores.items()
                             if k2 in ("CIDEr-D", "vqa_accuracy", "accuracy", "acc@0.5"))
         log(f"[benchmark] {name}: {summary['median_ms']:.1f} ms/item (median), {quality}")
-    b = results[base]["latency"]["median_ms"]
+    base_name, best_name = relate(results, baseline, list(ar_rows), list(compare))
     for r in results:
-        r["speedup"] = b / r["latency"]["median_ms"]
+        r["reference"] = {"speed": base_name, "best_ar": best_name, "compare": list(compare)}
     sweep = _length_sweep(data, subset, rows, results, length_sweep, sweep_items, device, fp16, log) \
         if length_sweep else None
     return results, sweep
@@ -182,28 +223,20 @@ def sweep_table(sweep) -> str:
     return "\n".join(lines)
 
 
-def task_metric_table(rows) -> str:
-    """``markdown_table`` for tasks scored by their own metrics (VQA/grounding/entailment accuracy)."""
-    keys = [k for k in rows[0]["scores"] if isinstance(rows[0]["scores"][k], float)]
-    head = ["configuration", *keys, "latency ms (median [IQR])", "speed-up", "decoder passes / item",
-            "x bare forward", "throughput items/s"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for r in rows:
-        lat = r["latency"]
-        vals = [r["name"], *(f"{100 * r['scores'][k]:.1f}" for k in keys),
-                f"{lat['median_ms']:.1f} [{lat['q1_ms']:.1f}-{lat['q3_ms']:.1f}]", f"{r['speedup']:.2f}x",
-                f"{r['decoder_passes']:.1f}", f"{r['x_bare']:.2f}", f"{r['throughput']:.1f}" if r["throughput"] else "-"]
-        lines.append("| " + " | ".join(vals) + " |")
-    return "\n".join(lines)
-
-
 def main(argv=None):
     """The command's work; returns (rows, sweep) for callers in Python."""
     p = parser(__doc__, COMMAND)
     p.add_argument("data")
     p.add_argument("--subset", default="test", type=split_name)
     p.add_argument("--row", action="append", type=parse_row, required=True, help="NAME=fairseq-generate args")
-    p.add_argument("--baseline", help="row NAME the speed-ups are relative to (default: the first row)")
+    p.add_argument("--baseline", help="row NAME the speed-ups are relative to (default: the best of --ar-rows, "
+                                      "else the first row)")
+    p.add_argument("--ar-rows", type=name_list, default=[],
+                   help="comma-separated names of the autoregressive rows: the best of them by CIDEr-D is the "
+                        "reference of every quality percentage (and the default --baseline)")
+    p.add_argument("--compare", action="append", default=[],
+                   help="row NAME to give every row's batch-1 speed-up and throughput ratio against as well "
+                        "(repeatable; e.g. a shallow-decoder AR row)")
     add_device_arg(p)
     p.add_argument("--fp16", action="store_true", help="half precision (with --device cuda)")
     p.add_argument("--threads", type=positive_int, default=None,
@@ -223,8 +256,12 @@ def main(argv=None):
     p.add_argument("--out-png")
     add_overwrite_arg(p)
     a = p.parse_args(argv)
-    if a.baseline and a.baseline not in [n for n, _ in a.row]:
-        p.error(f"--baseline {a.baseline!r} is not a row name")
+    names = [n for n, _ in a.row]
+    for option, given in (("--baseline", [a.baseline] if a.baseline else []), ("--ar-rows", a.ar_rows),
+                          ("--compare", a.compare)):
+        wrong = [n for n in given if n not in names]
+        if wrong:
+            p.error(f"{option}: not a row name: {', '.join(map(repr, wrong))}")
     unknown = [m for m in a.metrics if m not in METRICS]
     if unknown:
         p.error(f"argument --metrics: unknown metric group(s) {', '.join(unknown)} (choose from {', '.join(METRICS)})")
@@ -240,18 +277,21 @@ def main(argv=None):
         torch.set_num_threads(a.threads)
     rows, sweep = benchmark(a.data, a.subset, a.row, a.device, a.warmup, a.max_items, a.throughput_batch,
                             a.metrics, a.passes, a.baseline, a.length_sweep, a.sweep_items, a.fp16,
-                            log=lambda m: print(m, file=sys.stderr, flush=True))
+                            log=lambda m: print(m, file=sys.stderr, flush=True), ar_rows=a.ar_rows, compare=a.compare)
     today = datetime.date.today().isoformat()
     env = {"device": a.device, "fp16": a.fp16, "threads": torch.get_num_threads(), "torch": torch.__version__,
            "machine": machine_description(a.device), "date": today, "subset": a.subset,
-           "passes": a.passes, "warmup": a.warmup, "baseline": rows[[r["name"] for r in rows].index(a.baseline)]["name"]
-           if a.baseline else rows[0]["name"],
+           "passes": a.passes, "warmup": a.warmup, "baseline": rows[0]["reference"]["speed"],
+           "best_ar": rows[0]["reference"]["best_ar"], "compare": a.compare, "throughput_batch": a.throughput_batch,
            "vocabulary_rule": "no row emits <s>, <pad>, <unk>, <mask>, <vis>, <blank> (generators.base.banned_symbols)"}
     caption_scores = "CIDEr-D" in rows[0]["scores"]
-    table = markdown_table(rows) if caption_scores else task_metric_table(rows)
+    table = markdown_table(rows)
     header = (f"{env['machine']}, {a.device}{' fp16' if a.fp16 else ''}, torch threads {env['threads']}, "
               f"{today}; split {a.subset}, {rows[0]['n_items']} items, {a.passes} interleaved pass(es), "
-              f"warm-up {a.warmup}; speed-up vs {env['baseline']}; {env['vocabulary_rule']}")
+              f"warm-up {a.warmup}; speed-up and throughput ratio vs {env['baseline']}"
+              + (f"; % of the best AR row, {env['best_ar']}" if env["best_ar"] else "")
+              + (f"; throughput at batch {a.throughput_batch}" if a.throughput_batch else "")
+              + f"; {env['vocabulary_rule']}")
     print(table)
     if sweep:
         print("\n" + sweep_table(sweep))
@@ -260,8 +300,9 @@ def main(argv=None):
         if points is None:
             raise GeneratorError("--out-png charts CIDEr-D: these rows have no caption scores")
         with atomic_path(a.out_png, made_by=COMMAND) as tmp:
-            draw_pareto(points, tmp, caption=f"{env['machine']} · {a.device} · threads {env['threads']} · {today}",
-                        title=a.title)
+            fig = draw_pareto(points, tmp, caption=f"{env['machine']} · {a.device} · threads {env['threads']} · {today}",
+                              title=a.title, throughput_batch=a.throughput_batch or None)
+            plt.close(fig)
     if a.out_json:
         write_json(a.out_json, {"environment": env, "rows": rows, "length_sweep": sweep, "chart": points},
                    made_by=COMMAND)

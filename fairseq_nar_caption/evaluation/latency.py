@@ -159,19 +159,43 @@ def summarize(times: List[float]) -> Dict[str, float]:
 
 
 def markdown_table(rows: List[dict]) -> str:
-    """One line per configuration (``cli/benchmark.py`` fills the fields)."""
-    metric_keys = [k for k in ("Bleu_4", "METEOR", "CIDEr-D") if k in rows[0]["scores"]]
-    head = ["configuration", *metric_keys, "repeat %", "latency ms (median [IQR])", "speed-up",
-            "decoder passes / item", "x bare forward", "overhead", "throughput items/s"]
+    """One line per configuration (``cli/benchmark.py`` fills the fields): the caption metrics
+    (BLEU-4, METEOR, CIDEr-D), or a task's own metrics (VQA / grounding / entailment accuracy),
+    then the comparisons ``cli.benchmark.relate`` made (% of the best AR row, speed-up and
+    throughput ratio against the baseline and every compared row) and the cost columns."""
+    scores = rows[0]["scores"]
+    caption = "CIDEr-D" in scores
+    metric_keys = ([k for k in ("Bleu_4", "METEOR", "CIDEr-D") if k in scores] if caption
+                   else [k for k, v in scores.items() if isinstance(v, float)])
+    ref = rows[0].get("reference") or {}
+    best = ref.get("best_ar")
+    compare = ref.get("compare") or []
+    has_thr = any(r.get("throughput") for r in rows)
+
+    def x(v):
+        return "-" if v is None else f"{v:.2f}x"
+
+    head = ["configuration", *metric_keys, *(["% of best AR"] if best else []), *(["repeat %"] if caption else []),
+            "latency ms (median [IQR])", "speed-up", *(["throughput ratio"] if has_thr else [])]
+    for n in compare:
+        head += [f"speed-up vs {n}", *([f"throughput vs {n}"] if has_thr else [])]
+    head += ["decoder passes / item", "x bare forward", *(["overhead"] if caption else []), "throughput items/s"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         lat = r["latency"]
-        vals = [r["name"], *(f"{100 * r['scores'][k]:.1f}" for k in metric_keys),
-                f"{100 * r['repeat_rate']:.1f}",
-                f"{lat['median_ms']:.1f} [{lat['q1_ms']:.1f}-{lat['q3_ms']:.1f}]",
-                f"{r['speedup']:.2f}x", f"{r['decoder_passes']:.1f}",
-                f"{r['x_bare']:.2f}" if r.get("x_bare") else "-",
-                f"{r['overhead']:.2f}" if r.get("overhead") else "-",
-                f"{r['throughput']:.1f}" if r.get("throughput") else "-"]
+        vals = [r["name"], *(f"{100 * r['scores'][k]:.1f}" for k in metric_keys)]
+        if best:
+            vals.append(f"{r['quality_pct']:.0f} %" if r.get("quality_pct") is not None else "-")
+        if caption:
+            vals.append(f"{100 * r['repeat_rate']:.1f}")
+        vals += [f"{lat['median_ms']:.1f} [{lat['q1_ms']:.1f}-{lat['q3_ms']:.1f}]", x(r["speedup"])]
+        if has_thr:
+            vals.append(x(r.get("throughput_ratio")))
+        for n in compare:
+            vs = r["vs"][n]
+            vals += [x(vs["speedup"]), *([x(vs["throughput_ratio"])] if has_thr else [])]
+        vals += [f"{r['decoder_passes']:.1f}", f"{r['x_bare']:.2f}" if r.get("x_bare") else "-",
+                 *([f"{r['overhead']:.2f}" if r.get("overhead") else "-"] if caption else []),
+                 f"{r['throughput']:.1f}" if r.get("throughput") else "-"]
         lines.append("| " + " | ".join(vals) + " |")
     return "\n".join(lines)

@@ -45,8 +45,8 @@ from .registry import register_generator
 
 def reverse_step(model, x_t: Tensor, t: float, s: float, x0_hat: Tensor, noise: Optional[Tensor] = None) -> Tensor:
     """One step of Eq. 3-7 from time t' = t to s' = s given the prediction x̂0."""
-    g_t = model.gamma(torch.tensor(t, dtype=torch.float32, device=x_t.device))
-    g_s = model.gamma(torch.tensor(s, dtype=torch.float32, device=x_t.device))
+    g_t = model.gamma(torch.full((), t, dtype=torch.float32, device=x_t.device))
+    g_s = model.gamma(torch.full((), s, dtype=torch.float32, device=x_t.device))
     alpha_t, _ = alpha_sigma(g_t)  # Eq. 3
     alpha_s, mu_s = alpha_sigma(g_s)  # Eq. 3-4
     c = -torch.expm1(g_s - g_t)  # Eq. 4
@@ -61,15 +61,17 @@ def ddim_step(model, x_t: Tensor, t: float, s: float, x0_hat: Tensor) -> Tensor:
     x_t, ε̂ = (x_t − α_t·x̂0)/σ_t (Eq. 1 solved for ε), is kept at s's level:
     x_s = α_s·x̂0 + σ_s·ε̂, so every step's input has the noise level its γ(s') says (Eq. 5's
     posterior mean instead shrinks x_t's noise to ~0 at the first step: x_s ≈ α_s·x̂0)."""
-    alpha_t, sigma_t = alpha_sigma(model.gamma(torch.tensor(t, dtype=torch.float32, device=x_t.device)))
-    alpha_s, sigma_s = alpha_sigma(model.gamma(torch.tensor(s, dtype=torch.float32, device=x_t.device)))
+    alpha_t, sigma_t = alpha_sigma(model.gamma(torch.full((), t, dtype=torch.float32, device=x_t.device)))
+    alpha_s, sigma_s = alpha_sigma(model.gamma(torch.full((), s, dtype=torch.float32, device=x_t.device)))
     eps_hat = (x_t - alpha_t * x0_hat) / sigma_t
     return alpha_s * x0_hat + sigma_s * eps_hat
 
 
-def item_normal(ids: Tensor, shape, seed: int, device) -> Tensor:
-    """One N(0, I) draw of ``shape`` per item, from its own generator (seed + id)."""
-    out = [torch.randn(shape, generator=torch.Generator().manual_seed(seed + int(i))) for i in ids.tolist()]
+def item_normal(ids, shape, seed: int, device) -> Tensor:
+    """One N(0, I) draw of ``shape`` per item (``ids``: a tensor or a list of ints), from its own
+    generator (seed + id), drawn on the host (the same draw on every device) and moved to ``device``."""
+    out = [torch.randn(shape, generator=torch.Generator().manual_seed(seed + int(i)))
+           for i in (ids.tolist() if torch.is_tensor(ids) else ids)]
     return torch.stack(out).to(device)
 
 
@@ -143,17 +145,22 @@ class DiffusionGenerator(CaptionGenerator):
         bsz = ids.numel()
         shape = (model.seq_len, model.n_bits)
         device = encoder_out["encoder_out"][0].device
-        x = item_normal(ids, shape, self.seed, device)  # x_T
+        id_list = ids.tolist()  # read once
+        x = item_normal(id_list, shape, self.seed, device)  # x_T
         x0_hat, logits = None, None
         scale = model.bit_scale
+        # drawn and moved to the device before the loop: no step waits on a host-to-device copy
+        word_mask = self.word_mask.to(device)
+        noises = {k: item_normal([i * 1009 + k for i in id_list], shape, self.seed + 1, device) for k in range(steps, 0, -1)
+                  if k - 1 - delta > 0} if self.sample_noise else {}
         for k in range(steps, 0, -1):
             t, s = k / steps, max(k - 1 - delta, 0) / steps  # t' and s' (Algorithm 1, line 3)
             t, s = min(t, self.max_time), min(s, self.max_time)  # within the training range of t'
             gamma = model.gamma(torch.full((bsz,), t, device=device))
             logits, x0_hat = model.denoise(x, gamma, encoder_out, x0_hat, cascade_bits,
-                                           word_mask=self.word_mask.to(device))
+                                           word_mask=word_mask)
             x0_hat = x0_hat.clamp(-scale, scale)
-            noise = item_normal(ids * 1009 + k, shape, self.seed + 1, device) if self.sample_noise and s > 0 else None
+            noise = noises.get(k) if s > 0 else None
             if self.sampler == "ddim":
                 x = ddim_step(model, x, t, s, x0_hat)
             else:

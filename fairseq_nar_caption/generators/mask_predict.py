@@ -160,10 +160,10 @@ class MaskPredictGenerator(CaptionGenerator):
         return tokens, scores
 
     def _fix_q_per_pass(self, tokens, scores, observed, valid, encoder_out):
-        while True:
+        # the number of passes, read once per batch (no per-pass wait on the device): q tokens per pass
+        passes = -(-int((valid & ~observed).sum(1).max()) // self.q)
+        for _ in range(passes):
             todo = valid & ~observed
-            if not todo.any():
-                return tokens, scores
             words, s = self._predict(tokens.masked_fill(todo, self.mask), encoder_out)
             tokens, scores = torch.where(todo, words, tokens), torch.where(todo, s, scores)
             if self.algorithm == "ef":  # Eq. 15: the q most confident unobserved tokens
@@ -174,6 +174,7 @@ class MaskPredictGenerator(CaptionGenerator):
             k = torch.clamp(todo.sum(1), max=self.q)
             observed = observed | (self._top(key, todo, k) & todo)
             self._record(observed=observed, tokens=tokens)
+        return tokens, scores
 
     @staticmethod
     def _top(key: Tensor, allowed: Tensor, k: Tensor) -> Tensor:

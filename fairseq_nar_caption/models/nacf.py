@@ -100,7 +100,7 @@ class NACFDecoder(FairseqDecoder):
         enc_mask = encoder_out["encoder_padding_mask"][0] if encoder_out["encoder_padding_mask"] else None
         for layer in self.layers:
             x, _, _ = layer(x, enc, enc_mask, self_attn_mask=None,
-                            self_attn_padding_mask=pad_mask if pad_mask.any() else None)
+                            self_attn_padding_mask=pad_mask)
         if self.layer_norm is not None:
             x = self.layer_norm(x)
         return self.output_projection(x.transpose(0, 1))

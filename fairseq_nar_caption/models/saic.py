@@ -223,13 +223,15 @@ class SAICDecoder(FairseqIncrementalDecoder):
         self.layer_norm = LayerNorm(d) if cfg.normalize_before else None
         self.output_projection = build_output_projection(cfg, embed_tokens)
 
+    def check_position(self, last: int) -> None:
+        if last >= self.max_target_positions:
+            raise ValueError(f"decoder position {last} is beyond --max-target-positions {self.max_target_positions}")
+
     def run(self, tokens: Tensor, positions: Tensor, encoder_out: Dict[str, List[Tensor]],
             self_attn_mask: Optional[Tensor] = None, incremental_state: Optional[IncrementalState] = None) -> Tensor:
         """Logits B x T x V for ``tokens`` (B x T) at absolute ``positions`` (T,), with an
-        optional self-attention mask (T x S, True = blocked)."""
-        if int(positions.max()) >= self.max_target_positions:
-            raise ValueError(f"decoder position {int(positions.max())} is beyond --max-target-positions "
-                             f"{self.max_target_positions}")
+        optional self-attention mask (T x S, True = blocked); the callers check the positions
+        (``check_position``) from sizes, so no step waits on the device."""
         pad_mask = tokens.eq(self.padding_idx)
         # fairseq's learned positions: row padding_idx + 1 + position, the (zero) padding row for pad tokens
         pos_ids = (positions + self.padding_idx + 1)[None, :].expand_as(tokens).masked_fill(pad_mask, self.padding_idx)
@@ -238,8 +240,7 @@ class SAICDecoder(FairseqIncrementalDecoder):
         enc = encoder_out["encoder_out"][0]
         enc_mask = encoder_out["encoder_padding_mask"][0] if encoder_out["encoder_padding_mask"] else None
         for layer in self.layers:
-            x = layer(x, enc, enc_mask, positions, incremental_state, self_attn_mask,
-                      pad_mask if pad_mask.any() else None)
+            x = layer(x, enc, enc_mask, positions, incremental_state, self_attn_mask, pad_mask)
         if self.layer_norm is not None:
             x = self.layer_norm(x)
         return self.output_projection(x.transpose(0, 1))
@@ -251,6 +252,7 @@ class SAICDecoder(FairseqIncrementalDecoder):
         (fairseq's convention: the whole prefix is passed).  ``group_size`` overrides k
         (1 = the AIC samples of training).  Returns (logits B x H x V, {"attn": [None]})."""
         k = group_size or self.group_size
+        self.check_position((prev_output_tokens.size(1) - 1) * k)
         positions = torch.arange(prev_output_tokens.size(1), device=prev_output_tokens.device) * k
         if incremental_state is not None:
             logits = self.run(prev_output_tokens[:, -1:], positions[-1:], encoder_out,
@@ -263,6 +265,7 @@ class SAICDecoder(FairseqIncrementalDecoder):
     def forward_filler(self, tokens: Tensor, encoder_out: Dict[str, List[Tensor]]) -> Tensor:
         """Filler: one pass over ``tokens`` (B x L, ``filler_layout``) at positions 0..L−1,
         no mask (every non-pad position sees every other); logits B x L x V."""
+        self.check_position(tokens.size(1) - 1)
         return self.run(tokens, torch.arange(tokens.size(1), device=tokens.device), encoder_out)
 
     def max_positions(self):
