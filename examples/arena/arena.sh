@@ -104,6 +104,26 @@ fi
 # NAR=0 stops here: the teacher, its distillation and the retrieval file (what ablations.sh / orderings.sh need)
 if [ "${NAR:-1}" = 0 ]; then step "NAR=0: teacher, distillation and retrieval file ready in $RUN"; exit 0; fi
 
+# the AR models' decoding chosen on the val split (step 5): every beam size of AR_BEAMS (beyond 1: with every
+# length penalty of AR_LENPENS); the recipe runs it beside DAG's training in the demo (a free core), else in step 5
+choose() {  # choose NAME CHECKPOINT: $RUN/NAME_val_decoding.json; prints the chosen candidate's name
+  local out="$RUN/$1_val_decoding.json" cand=()
+  for b in $AR_BEAMS; do
+    if [ "$b" = 1 ]; then cand+=(--candidate "greedy=--beam 1"); continue; fi
+    for lp in $AR_LENPENS; do cand+=(--candidate "beam $b$([ "$lp" = 1 ] || echo " lenpen $lp")=--beam $b --lenpen $lp"); done
+  done
+  if [ ! "$out" -nt "$2" ]; then  # made again when its checkpoint is newer
+    step "$1: decoding chosen on val ($(( ${#cand[@]} / 2 )) candidates; log: $LOGS/$1_val_decoding.log)" >&2
+    OMP_NUM_THREADS=${AR_THREADS:-2} nar-caption-select-decoding "$DATA" --subset val --common "--path $2 --max-len-b 30 $FEATS" \
+      "${cand[@]}" --out-json "$out" --overwrite > "$LOGS/$1_val_decoding.log" 2>&1 || { tail -n 15 "$LOGS/$1_val_decoding.log" >&2; exit 1; }
+  fi
+  python -c "import json, sys; b = json.load(open(sys.argv[1]))['best']; print(b['name'] + '=' + ' '.join(b['args']))" "$out"
+}
+choose_all() {  # both AR models' choices, written to $RUN/*_val_decoding.json
+  choose ar "$AR" > /dev/null
+  if [ "$SHALLOW" = 1 ]; then choose ar_shallow "$RUN/ar_shallow/checkpoint_best.pt" > /dev/null; fi
+}
+
 # 4. one model per paradigm, same sizes, same distilled data; two trainings at a time (one core each)
 # every NAR model is validated by decoding: the CIDEr-D of its main row picks its checkpoint_best.pt
 DIS="--train-subset $KD"
@@ -113,7 +133,11 @@ both $P1 $P2
 train narvl $NARVL_FLAGS --glat-ratio "$GLAT" $DIS & P1=$!
 train rdt $RDT_FLAGS $DIS & P2=$!
 both $P1 $P2
-if [ "$ROWS" = demo ]; then  # DAG on the distilled split
+if [ "$ROWS" = demo ] && [ "${BENCH:-1}" != 0 ]; then  # DAG on the distilled split, the decoding choice beside it
+  train dag $DAG_FLAGS --glat-ratio "$GLAT" $DIS & P1=$!
+  AR_THREADS=1 choose_all & P2=$!
+  both $P1 $P2
+elif [ "$ROWS" = demo ]; then
   train dag $DAG_FLAGS --glat-ratio "$GLAT" $DIS
 else  # ... and on the raw captions (DA-Transformer's claim: it needs no distillation)
   train dag $DAG_FLAGS --glat-ratio "$GLAT" $DIS & P1=$!
@@ -121,23 +145,10 @@ else  # ... and on the raw captions (DA-Transformer's claim: it needs no distill
   both $P1 $P2
 fi
 
-# 5. the AR models' decoding chosen on the val split: every beam size of AR_BEAMS (beyond 1: with every length
-#    penalty of AR_LENPENS); a choice other than greedy / beam 5 becomes a row of its own
+# 5. the AR models' decoding chosen on the val split (choose, above; skipped when made); a choice other than
+#    greedy / beam 5 becomes a row of its own
 if [ "${BENCH:-1}" = 0 ]; then step "trained; BENCH=0: decoding choice and benchmark skipped"; exit 0; fi
-choose() {  # choose NAME CHECKPOINT: $RUN/NAME_val_decoding.json; prints the chosen candidate's name
-  local out="$RUN/$1_val_decoding.json" cand=()
-  for b in $AR_BEAMS; do
-    if [ "$b" = 1 ]; then cand+=(--candidate "greedy=--beam 1"); continue; fi
-    for lp in $AR_LENPENS; do cand+=(--candidate "beam $b$([ "$lp" = 1 ] || echo " lenpen $lp")=--beam $b --lenpen $lp"); done
-  done
-  if [ ! -f "$out" ]; then
-    step "$1: decoding chosen on val ($(( ${#cand[@]} / 2 )) candidates; log: $LOGS/$1_val_decoding.log)" >&2
-    OMP_NUM_THREADS=${AR_THREADS:-2} nar-caption-select-decoding "$DATA" --subset val --common "--path $2 --max-len-b 30 $FEATS" \
-      "${cand[@]}" --out-json "$out" > "$LOGS/$1_val_decoding.log" 2>&1 || { tail -n 15 "$LOGS/$1_val_decoding.log" >&2; exit 1; }
-  fi
-  python -c "import json, sys; b = json.load(open(sys.argv[1]))['best']; print(b['name'] + '=' + ' '.join(b['args']))" "$out"
-}
-
+choose_all
 # 6. the benchmark: every row in one interleaved run; every model's checkpoint_best.pt (by validation
 #    CIDEr-D; NAR: not by a masked / noised loss over raw captions, which says little about models trained on
 #    distilled captions).  Percentages are of the best AR row; BENCH=0 stops after training (time the
