@@ -113,7 +113,7 @@ def relate(results, baseline=None, ar_rows=(), compare=()):
     best = None
     if ar_rows:
         key = main_score(results[0]["scores"])
-        best = max(ar_rows, key=lambda n: (by[n]["scores"][key], -list(ar_rows).index(n)))
+        best = max(ar_rows, key=lambda n: by[n]["scores"][key])  # max keeps the first of equal rows
     base = baseline or best or results[0]["name"]
 
     def ratios(r, ref):

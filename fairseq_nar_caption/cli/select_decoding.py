@@ -34,7 +34,7 @@ def select(data, subset, common, candidates, batch_size=50, device="cpu", metric
         key = main_score(scores)
         out.append({"name": name, "args": list(args), "metric": key, "score": 100 * scores[key]})
         log(f"[select] {k + 1}/{len(candidates)} {name}: {key} {100 * scores[key]:.2f} ({len(caps)} items)")
-    best = max(out, key=lambda c: (c["score"], -out.index(c)))
+    best = max(out, key=lambda c: c["score"])  # max keeps the first of equal candidates
     return best, out
 
 
