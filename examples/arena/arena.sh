@@ -115,7 +115,7 @@ choose() {  # choose NAME CHECKPOINT: $RUN/NAME_val_decoding.json; prints the ch
   if [ ! "$out" -nt "$2" ]; then  # made again when its checkpoint is newer
     step "$1: decoding chosen on val ($(( ${#cand[@]} / 2 )) candidates; log: $LOGS/$1_val_decoding.log)" >&2
     OMP_NUM_THREADS=${AR_THREADS:-2} nar-caption-select-decoding "$DATA" --subset val --common "--path $2 --max-len-b 30 $FEATS" \
-      "${cand[@]}" --out-json "$out" --overwrite > "$LOGS/$1_val_decoding.log" 2>&1 || { tail -n 15 "$LOGS/$1_val_decoding.log" >&2; exit 1; }
+      "${cand[@]}" --out-json "$out" > "$LOGS/$1_val_decoding.log" 2>&1 || { tail -n 15 "$LOGS/$1_val_decoding.log" >&2; exit 1; }
   fi
   python -c "import json, sys; b = json.load(open(sys.argv[1]))['best']; print(b['name'] + '=' + ' '.join(b['args']))" "$out"
 }
