@@ -34,7 +34,8 @@ def arena(tmp_path_factory):
     root = tmp_path_factory.mktemp("arena")
     generate(str(root / "toy"), ToyConfig(seed=5, n_images=(200, 20, 24), n_videos=(4, 2, 2)), log=lambda s: None)
     data, run = root / "toy" / "images", root / "run"
-    env = dict(ONE_THREAD, DATA=str(data), RUN=str(run), AR_EPOCHS="2", NAR_UPDATES="20", BENCH="0",
+    env = dict(ONE_THREAD, DATA=str(data), RUN=str(run), AR_EPOCHS="2", NAR_UPDATES="20", BENCH="0", SCST="1",
+               SCST_UPDATES="3",
                SIZE="--embed-dim 64 --ffn-embed-dim 128 --attention-heads 4 --encoder-layers 1 --decoder-layers 2",
                PATH=BIN + os.pathsep + os.environ["PATH"])
     p = run_cli(["bash", os.path.join(REPO, "examples", "arena", "arena.sh")], env=env, timeout=900)
@@ -65,6 +66,16 @@ def test_arena_recipe_trains_every_paradigm_on_one_teacher_and_one_distillation(
         assert f"train_distill_{run.name}.tsv: 200 examples" in log, folder
     for folder in ("nacf", "saic", "narvl", "dag"):  # initialised from the one AR model
         assert f"from {run}/ar/checkpoint_best.pt" in (run / "logs" / f"{folder}.log").read_text()
+    # SCST=1: the second stage for the AR model and every NAR model but SAIC's, from its best checkpoint, the policy
+    # gradient moving its weights (RDT: the guided variant with the teacher's captions)
+    for folder, criterion in [("ar", "scst"), ("nacf", "scst"), ("narvl", "scst"), ("dag", "scst"), ("rdt", "rdt_scst")]:
+        state = torch.load(run / f"{folder}_scst" / "checkpoint_last.pt", weights_only=True)
+        assert state["cfg"]["criterion"]["_name"] == criterion, folder
+        log = (run / "logs" / f"{folder}_scst.log").read_text()
+        assert "reward" in log and "| cider " in log, folder
+        before = torch.load(run / folder / "checkpoint_best.pt", weights_only=True)["model"]
+        assert any(not torch.equal(before[k], state["model"][k]) for k in before), folder
+    assert not (run / "saic_scst").exists()
     # the console shows steps and validations, not fairseq's configuration dump
     assert "train nacf" in out and "valid loss" in out and "'_name'" not in out and "INFO" not in out
 

@@ -304,6 +304,17 @@ def test_goal_table_reads_the_quality_goals_off_a_benchmark_json(tmp_path, capsy
     assert "| AR beam ≥ AR greedy | 160.0 (AR beam 5) vs 165.0 | not met |" in out
     assert "| NAR rows ≥ 3× faster than AR shallow greedy (batch 1) | 0/6 rows; slowest 0.05× (RDT T=50) | not met |" in out
     assert "| fastest NAR row's throughput at batch 64 ≥ 1.5× AR greedy's | 2.00× (NARVL CTC, 300 vs 150 items/s) | met |" in out
+    # issue #22: each "+ SCST" row against its cross-entropy row (gain and repeats), beam 5 vs greedy after SCST
+    rows += [dict(row("NARVL CTC + SCST", 158.0, 20.0), repeat_rate=0.01), dict(row("RDT T=10 + SCST", 140.0, 45.0),
+             repeat_rate=0.35), row("AR beam 5 + SCST", 170.0, 100.0), row("AR greedy + SCST", 172.0, 30.0)]
+    path.write_text(json.dumps({"rows": rows, "environment": {"best_ar": "AR greedy + SCST"}}))
+    goals.main([str(path)])
+    out = capsys.readouterr().out
+    assert "| NARVL CTC: SCST ≥ cross-entropy + 5 CIDEr-D, repeats not higher | 158.0 vs 150.0 (+8.0); repeats 1.0 % vs 2.0 % | met |" in out
+    assert "| RDT T=10: SCST ≥ cross-entropy + 5 CIDEr-D, repeats not higher | 140.0 vs 120.0 (+20.0); repeats 35.0 % vs 30.0 % | not met |" in out
+    assert "| AR beam 5: SCST ≥ cross-entropy + 5 CIDEr-D, repeats not higher | 170.0 vs 160.0 (+10.0) | met |" in out
+    assert "| AR beam 5 ≥ AR greedy after SCST | 170.0 vs 172.0 | not met |" in out
+    assert "| AR beam ≥ AR greedy | 160.0 (AR beam 5) vs 165.0 | not met |" in out  # the SCST rows stay out of it
 
 
 def test_orderings_pair_seeds_and_give_a_verdict_per_claim(tmp_path):

@@ -15,7 +15,7 @@ from fairseq.data import Dictionary
 from fairseq_nar_caption.cli import retrieve
 from fairseq_nar_caption.data import ranking
 from fairseq_nar_caption.criterions.rdt_loss import ranking_loss, sentence_quality
-from fairseq_nar_caption.criterions.rdt_scst import CorpusCiderD
+from fairseq_nar_caption.evaluation.coco_metrics import CorpusCiderD
 from fairseq_nar_caption.errors import DataError
 from fairseq_nar_caption.generators import build_caption_generator
 from fairseq_nar_caption.generators.diffusion import ddim_step, item_normal, reverse_step
@@ -428,7 +428,7 @@ def test_guided_scst_refuses_to_train_without_a_validation_decode_score():
 
     task = SimpleNamespace(cfg=SimpleNamespace(eval_cider=False), target_dictionary=None)
     with pytest.raises(DataError, match="rdt_scst validates by decoding: set --eval-cider"):
-        RDTSCSTCriterion(task, 5, False, False, 0.999, "train")
+        RDTSCSTCriterion(task, 5, "greedy", "train", False, False, 0.999)
 
 
 # ----------------------------------------------------------------------------- retrieval

@@ -32,6 +32,9 @@
 #                    NACF_POSITIONS= is fairseq's AR convention, under which an all-<mask> input collapses
 #   NAR=0            stop after steps 1-3 (teacher, distillation, retrieval file)
 #   SHALLOW=0        no shallow-decoder AR model and none of its rows (the teacher then trains with AR_THREADS, 2)
+#   SCST=1           a second stage for the AR model and every NAR model but SAIC's: self-critical sequence training
+#                    (CIDEr-D reward; SCST_UPDATES, default NAR_UPDATES, at SCST_LR 5e-5, SCST_SAMPLES 5 per image,
+#                    SCST_BASELINE mean); its rows are named after their cross-entropy rows + " + SCST"
 # Every NAR model is validated by decoding (--eval-cider: CIDEr-D of the generator its main row uses, on
 # the val split) and the benchmark decodes the checkpoint with the best validation CIDEr-D.
 # Every step is skipped when its output exists (delete $RUN to start over); framework logs go to
@@ -76,7 +79,7 @@ both() {  # both PID PID: wait for two background trainings, fail if either fail
 #    validations without a better one (at most AR_EPOCHS epochs); checkpoint_best.pt: the best validation CIDEr-D
 AR_FLAGS="--arch ar_caption $XENT $OPT_TOY --max-epoch $AR_EPOCHS --patience $AR_PATIENCE $SELECT
   --eval-cider-args {\"beam\":1,\"max_len_b\":30}"
-SHALLOW=${SHALLOW:-1}; SHALLOW_SIZE=$(shallow_size "$SIZE")
+SHALLOW=${SHALLOW:-1}; SHALLOW_SIZE=$(shallow_size "$SIZE"); SCST=${SCST:-0}
 if [ "$SHALLOW" = 1 ]; then
   OMP_NUM_THREADS=1 train ar $SIZE $AR_FLAGS & P1=$!
   OMP_NUM_THREADS=1 train ar_shallow $SHALLOW_SIZE $AR_FLAGS & P2=$!
@@ -145,6 +148,20 @@ else  # ... and on the raw captions (DA-Transformer's claim: it needs no distill
   both $P1 $P2
 fi
 
+# 4b. SCST=1: the second training stage, self-critical sequence training (recipe.sh: SCST_FLAGS; RDT: its guided
+#     variant), for the AR model and every NAR model but SAIC's, each from its best checkpoint, on the distilled
+#     split's images (one row per image: the reward's references are the training split's human captions)
+if [ "$SCST" = 1 ]; then
+  FT() { echo "--finetune-from-model $RUN/$1/checkpoint_best.pt $DIS"; }
+  train ar_scst --arch ar_caption $SIZE $SCST_FLAGS --eval-cider-args '{"beam":1,"max_len_b":30}' $(FT ar) & P1=$!
+  train nacf_scst $NACF_MODEL $NACF_POSITIONS --length-beam 3 $SCST_FLAGS $(FT nacf) & P2=$!
+  both $P1 $P2
+  train narvl_scst $NARVL_MODEL $SCST_FLAGS $(FT narvl) & P1=$!
+  train rdt_scst $RDT_MODEL $RDT_SCST_FLAGS --hybrid-distill-split "$KD" $(FT rdt) & P2=$!
+  both $P1 $P2
+  train dag_scst $DAG_MODEL $SCST_FLAGS $(FT dag)
+fi
+
 # 5. the AR models' decoding chosen on the val split (choose, above; skipped when made); a choice other than
 #    greedy / beam 5 becomes a row of its own
 if [ "${BENCH:-1}" = 0 ]; then step "trained; BENCH=0: decoding choice and benchmark skipped"; exit 0; fi
@@ -193,6 +210,15 @@ else
         --row "DAG viterbi=$D viterbi"
         --row "DAG beam 4=$D beam --dag-beam 4"
         --row "DAG (raw captions) lookahead=--path $RUN/dag_raw/checkpoint_best.pt $FEATS --generator dag --dag-decode lookahead")
+fi
+if [ "$SCST" = 1 ]; then  # the CIDEr-optimised rows: each named after its cross-entropy row, + SCST
+  A2="--path $RUN/ar_scst/checkpoint_best.pt --max-len-b 30 $FEATS"
+  ROW+=(--row "AR beam 5 + SCST=$A2 --beam 5" --row "AR greedy + SCST=$A2 --beam 1"
+        --row "NACF CT-MP T=2 B=3 + SCST=--path $RUN/nacf_scst/checkpoint_best.pt $FEATS --generator ct-mp --nar-iterations 2 --length-beam 3"
+        --row "NARVL CTC + SCST=--path $RUN/narvl_scst/checkpoint_best.pt $FEATS --generator ctc"
+        --row "RDT T=10 + SCST=--path $RUN/rdt_scst/checkpoint_best.pt --retrieval-file $RET $FEATS --generator diffusion --diffusion-eos-fallback --diffusion-steps 10"
+        --row "DAG lookahead + SCST=--path $RUN/dag_scst/checkpoint_best.pt $FEATS --generator dag --dag-decode lookahead")
+  AR_ROWS+=",AR beam 5 + SCST,AR greedy + SCST"
 fi
 step "benchmark: $(( ${#ROW[@]} / 2 )) rows, $BENCH_ITEMS items, $PASSES interleaved pass(es), $THREADS thread(s) (log: $LOGS/benchmark.log)"
 SWEEP=(); [ -n "$LENGTHS" ] && SWEEP=(--length-sweep "$LENGTHS")

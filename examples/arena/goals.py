@@ -1,7 +1,8 @@
 """The arena's goals, read off one benchmark JSON (nar-caption-benchmark --out-json): the speed
-goals of the arena issue (#10), the quality goals of issue #12 and the skeptic's yardstick of issue
-#20.  Every goal is measured against the best AR row of the run (the benchmark's ``--ar-rows``;
-"AR beam 5" in a JSON without one).
+goals of the arena issue (#10), the quality goals of issue #12, the skeptic's yardstick of issue
+#20 and, when the arena ran its SCST stage, the self-critical goals of issue #22.  Every goal is
+measured against the best AR row of the run (the benchmark's ``--ar-rows``; "AR beam 5" in a JSON
+without one).
 
     python examples/arena/goals.py runs/arena_images/benchmark.json [--retrieved-cider 118.4]
 
@@ -12,6 +13,8 @@ the CIDEr-D of RDT's retrieved sentence alone on the same items (its goal needs 
 """
 import argparse
 import json
+
+SCST = " + SCST"  # arena.sh names a CIDEr-optimised row after its cross-entropy row
 
 
 def main(argv=None):
@@ -62,6 +65,7 @@ def main(argv=None):
                        f"{ar:.2f}× (linear would be {max(lengths) / min(lengths):.1f}×) | |")
     quality_goals(rows, speed, line, retrieved, ref)
     skeptic_goals(rows, speed, line, ref, (j.get("environment") or {}).get("compare") or [])
+    scst_goals(rows, line)
     print("\n".join(out))
 
 
@@ -114,7 +118,7 @@ def skeptic_goals(rows, speed, line, ref, compare):
         line("no NAR row above 5 % captions with an immediately repeated word",
              f"worst {100 * rows[w]['repeat_rate']:.1f} % ({w}; rows with '+ dedup' in their name use --dedup)",
              rows[w]["repeat_rate"] <= 0.05)
-    beams = [n for n in rows if n.startswith("AR") and "shallow" not in n and "greedy" not in n]
+    beams = [n for n in rows if n.startswith("AR") and "shallow" not in n and "greedy" not in n and SCST not in n]
     if "AR greedy" in rows and beams:
         b = max(beams, key=cider.get)
         line("AR beam ≥ AR greedy", f"{cider[b]:.1f} ({b}) vs {cider['AR greedy']:.1f}", cider[b] >= cider["AR greedy"])
@@ -131,6 +135,25 @@ def skeptic_goals(rows, speed, line, ref, compare):
         batch = rows[f].get("throughput_batch", 64)
         line(f"fastest NAR row's throughput at batch {batch} ≥ 1.5× {ref}'s",
              f"{ratio:.2f}× ({f}, {rows[f]['throughput']:.0f} vs {rows[ref]['throughput']:.0f} items/s)", ratio >= 1.5)
+
+
+def scst_goals(rows, line):
+    """Issue #22: every row with SCST >= its cross-entropy row + 5 CIDEr-D, without more captions with an immediately
+    repeated word; AR beam 5 >= AR greedy after SCST."""
+    cider = {n: 100 * r["scores"]["CIDEr-D"] for n, r in rows.items()}
+    for n in rows:
+        base = n[: -len(SCST)] if n.endswith(SCST) else None
+        if base not in rows:
+            continue
+        more = (rows[n].get("repeat_rate") or 0) > (rows[base].get("repeat_rate") or 0)
+        figure = f"{cider[n]:.1f} vs {cider[base]:.1f} ({cider[n] - cider[base]:+.1f})"
+        if "repeat_rate" in rows[n] and "repeat_rate" in rows[base]:
+            figure += f"; repeats {100 * rows[n]['repeat_rate']:.1f} % vs {100 * rows[base]['repeat_rate']:.1f} %"
+        line(f"{base}: SCST ≥ cross-entropy + 5 CIDEr-D, repeats not higher", figure,
+             cider[n] >= cider[base] + 5 and not more)
+    if "AR beam 5" + SCST in rows and "AR greedy" + SCST in rows:
+        b, g = cider["AR beam 5" + SCST], cider["AR greedy" + SCST]
+        line("AR beam 5 ≥ AR greedy after SCST", f"{b:.1f} vs {g:.1f}", b >= g)
 
 
 if __name__ == "__main__":

@@ -8,26 +8,37 @@
 #   NACF_FLAGS SAIC_FLAGS NARVL_FLAGS RDT_FLAGS DAG_FLAGS
 #           each paradigm's model, criterion and validation decoding at the papers' training; the
 #           scripts add the arena's levers (--glat-ratio, --scale-positions), --group-size, the split
+#   NACF_MODEL SAIC_MODEL NARVL_MODEL RDT_MODEL DAG_MODEL  the model and validation flags alone
+#   SCST_FLAGS RDT_SCST_FLAGS  the self-critical stage (SCST_LR, SCST_UPDATES, SCST_SAMPLES, SCST_BASELINE)
 COMMON="--task captioning $FEATS $DROPOUT $TOY_FLAGS --log-interval 50"
 NAR_OPT="$OPT --lr 5e-4 --warmup-updates 100 --max-update $NAR_UPDATES $SELECT"
+# Each paradigm: X_MODEL (architecture, size, model options and the generator that validates it: what a
+# second training stage from its checkpoint, e.g. SCST, needs again) and X_FLAGS (the whole first stage).
 # NACF: masked LM + visual words + length predictor from the AR weights; validated by CT-MP T = 2
-NACF_FLAGS="--arch nacf --encoder-type transformer $SIZE --criterion nacf_loss --mask-ratio-low 0.35
-  --mask-ratio-high 0.9 --init-from-ar $AR $NAR_OPT --generator ct-mp --nar-iterations 2"
+NACF_MODEL="--arch nacf --encoder-type transformer $SIZE --generator ct-mp --nar-iterations 2"
+NACF_FLAGS="$NACF_MODEL --init-from-ar $AR --criterion nacf_loss --mask-ratio-low 0.35 --mask-ratio-high 0.9 $NAR_OPT"
 # SAIC: group mask + curriculum over the whole budget, from the AR weights; validated by outline-fill (1,1)
 # (the JSON has no space: the flags are split on whitespace)
-SAIC_FLAGS="--arch saic $SIZE --criterion group_mask --curriculum-updates $NAR_UPDATES --p-hybr 1 --init-from-ar $AR
-  $NAR_OPT --generator outline-fill --outline-beam 1 --fill-beam 1 --eval-cider-args {\"max_len_b\":30}"
+SAIC_MODEL="--arch saic $SIZE --generator outline-fill --outline-beam 1 --fill-beam 1 --eval-cider-args {\"max_len_b\":30}"
+SAIC_FLAGS="$SAIC_MODEL --init-from-ar $AR --criterion group_mask --curriculum-updates $NAR_UPDATES --p-hybr 1 $NAR_OPT"
 # NARVL over features: 40 learnable queries + Query-CTC, from the AR weights; validated by CTC decoding
-NARVL_FLAGS="--arch narvl_features $SIZE --num-queries 40 --criterion query_ctc --label-smoothing 0.1
-  --init-from-ar $AR $NAR_OPT --generator ctc"
+NARVL_MODEL="--arch narvl_features $SIZE --num-queries 40 --generator ctc"
+NARVL_FLAGS="$NARVL_MODEL --init-from-ar $AR --criterion query_ctc --label-smoothing 0.1 $NAR_OPT"
 # RDT: its decoder depth = Semantic Transformer + Sentence Decoder blocks (default 1 + 1 = the AR decoder's 2);
 # from scratch as in the paper; cheaper updates, so RDT_UPDATES of them; validated at T = 10
 RDT_SIZE=$(echo "$SIZE" | sed -E "s/--decoder-layers ([0-9]+)/${RDT_SIZE_LAYERS:---decoder-layers 1 --semantic-layers 1}/")
 # RDT_SEQ_LEN: its fixed caption slots, which must hold the longest training target + </s> (the toy's distilled
 # captions stay under 24 tokens; real language needs the distillation's cap, 28 words, + 1: coco_concepts.sh sets 32)
-RDT_FLAGS="--arch rdt $RDT_SIZE --seq-len ${RDT_SEQ_LEN:-24} --retrieval-file $RET --criterion rdt_loss $OPT --lr 1e-3
-  --warmup-updates 200 --max-update $RDT_UPDATES $SELECT --generator diffusion --diffusion-steps 10
-  --diffusion-eos-fallback"
+RDT_MODEL="--arch rdt $RDT_SIZE --seq-len ${RDT_SEQ_LEN:-24} --retrieval-file $RET --generator diffusion
+  --diffusion-steps 10 --diffusion-eos-fallback"
+RDT_FLAGS="$RDT_MODEL --criterion rdt_loss $OPT --lr 1e-3 --warmup-updates 200 --max-update $RDT_UPDATES $SELECT"
 # DAG (DA-Transformer for captions): L = 2 x 32 graph vertices, from the AR weights; validated by lookahead
-DAG_FLAGS="--arch dag_caption $SIZE --graph-ratio 2 --criterion dag_loss --init-from-ar $AR $NAR_OPT
-  --generator dag --dag-decode lookahead"
+DAG_MODEL="--arch dag_caption $SIZE --graph-ratio 2 --generator dag --dag-decode lookahead"
+DAG_FLAGS="$DAG_MODEL --init-from-ar $AR --criterion dag_loss $NAR_OPT"
+# SCST (self-critical sequence training, the second stage of any row but SAIC's): from a first-stage checkpoint,
+# K = SCST_SAMPLES sampled captions per image, the mean-of-samples baseline, CIDEr-D against the training
+# split's references; SCST_UPDATES updates at the constant rate SCST_LR; RDT: its guided variant (rdt_scst)
+SCST_OPT="$ADAM $CLIP --lr ${SCST_LR:-5e-5} --max-update ${SCST_UPDATES:-$NAR_UPDATES} $SELECT
+  --num-samples ${SCST_SAMPLES:-5}"
+SCST_FLAGS="--criterion scst --scst-baseline ${SCST_BASELINE:-mean} $SCST_OPT"
+RDT_SCST_FLAGS="--criterion rdt_scst $SCST_OPT"

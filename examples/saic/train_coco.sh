@@ -6,8 +6,10 @@
 # DATA_DIR: the output of scripts/prepare_coco_karpathy.py with coco_detections.hdf5 (bottom-up region
 # features as M2 / PNAIC ship them, one (N, 2048) dataset per image under '<cocoid>_features') copied or
 # linked into it.  Runs on one GPU (drop --device cuda and add --cpu to the commands to run on CPU).
-# The paper's AIC is trained with cross-entropy and then SCST; SCST is not implemented here, so the
-# teacher below is cross-entropy only (Transformer-base recipe, our choice: the paper gives no AIC settings).
+# The paper's AIC is "trained with XE loss and then fine-tuned with SCST" (Section 3.2): step 1 (cross-entropy,
+# Transformer-base recipe, our choice: the paper gives no AIC settings), then step 1b (--criterion scst: 5 samples
+# per image, the mean-of-samples baseline, CIDEr-D reward; lr 5e-6 as M2 Transformer's SCST stage, our choice);
+# the SCST-tuned AIC is the teacher of the distillation and SAIC's initialisation.  SCST_EPOCHS=0 skips step 1b.
 set -euo pipefail
 source "$(dirname "$0")/../lib.sh"  # train, decode_score, the shared flags
 DATA=$1; RUN=${2:-runs/saic_coco}; K=${K:-4}; BSZ=${BSZ:-50}
@@ -22,14 +24,23 @@ UPDATES=$(( 25 * UPE ))
 
 # 1. AIC: the teacher and the initialisation (Algorithm 1, line 2)
 train aic --arch ar_caption $XENT $OPT --lr 5e-4 --warmup-updates 10000 --max-epoch 20
+AIC="$RUN/aic/checkpoint_best.pt"
+# 1b. AIC fine-tuned with SCST (CIDEr-D optimisation), validated and selected by its greedy CIDEr-D on val
+SCST_EPOCHS=${SCST_EPOCHS:-15}
+if [ "$SCST_EPOCHS" -gt 0 ]; then
+  train aic_scst --arch ar_caption --criterion scst --num-samples 5 --scst-baseline mean --finetune-from-model "$AIC" \
+    $ADAM $CLIP --lr 5e-6 --max-epoch "$SCST_EPOCHS" --eval-cider --eval-cider-args '{"beam":1,"max_len_b":30}' \
+    --best-checkpoint-metric cider --maximize-best-checkpoint-metric
+  AIC="$RUN/aic_scst/checkpoint_best.pt"
+fi
 
 # 2. sequence-level distillation: the teacher's beam-5 caption of every training image, at most 28 words
 #    (the group layout needs k·⌈N/k⌉ + 1 <= 32 decoder positions)
-nar-caption-distill "$DATA" --path "$RUN/aic/checkpoint_best.pt" --device cuda --batch-size 256 -- \
+nar-caption-distill "$DATA" --path "$AIC" --device cuda --batch-size 256 -- \
   $FEATS --max-len-b 28
 
 # 3. SAIC (Algorithm 1): k = 4 (RPR window k), curriculum over all updates, hybrid distillation
-train saic --arch saic --group-size $K --init-from-ar "$RUN/aic/checkpoint_best.pt" \
+train saic --arch saic --group-size $K --init-from-ar "$AIC" \
   --criterion group_mask --curriculum-updates $UPDATES --curriculum-lambda 1 --p-hybr 0.5 --label-smoothing 0.1 \
   --hybrid-distill-split train_distill --optimizer adam --lr 3e-5 --lr-scheduler step \
   --lr-deacy-period $(( 5 * UPE )) --lr-decay 0.9 --max-update $UPDATES
@@ -37,7 +48,7 @@ train saic --arch saic --group-size $K --init-from-ar "$RUN/aic/checkpoint_best.
 # 4. Table 2: AIC beam 5 and SAIC (M_out, M_fill) = (5,5), (5,1), (1,1) on the test split: decode_score
 #    (examples/lib.sh) -> $RUN/generate_ID.txt, $RUN/score_ID.json, the ID as the row label
 GEN_TASK="--task captioning $FEATS --max-len-b 30"; GEN_BATCH="--batch-size 100"; GEN_PREFIX=generate; SCORE_SKIP=0
-LABEL=aic_beam5 decode_score aic_beam5 "$RUN/aic/checkpoint_best.pt" --beam 5
+LABEL=aic_beam5 decode_score aic_beam5 "$AIC" --beam 5
 for m in "5 5" "5 1" "1 1"; do
   set -- $m
   LABEL="saic_$1_$2" decode_score "saic_$1_$2" "$RUN/saic/checkpoint_best.pt" --generator outline-fill \
@@ -48,7 +59,7 @@ nar-caption-table "$RUN"/score_*.json --out "$RUN/scores.md"
 # 5. latency: one image at a time (no mini-batching), CUDA-synchronised, encoder included
 S="--path $RUN/saic/checkpoint_best.pt $FEATS --max-len-b 30 --generator outline-fill"
 nar-caption-benchmark "$DATA" --subset test --device cuda \
-  --row "AIC beam 5=--path $RUN/aic/checkpoint_best.pt $FEATS --beam 5 --max-len-b 30" \
+  --row "AIC beam 5=--path $AIC $FEATS --beam 5 --max-len-b 30" \
   --row "SAIC (5,5)=$S --outline-beam 5 --fill-beam 5" \
   --row "SAIC (5,1)=$S --outline-beam 5 --fill-beam 1" \
   --row "SAIC (1,1)=$S --outline-beam 1 --fill-beam 1" \

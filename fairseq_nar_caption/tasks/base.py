@@ -123,16 +123,7 @@ class CaptionTaskBase(FairseqTask):
             raise DataError("--eval-cider needs a per-item validation split with references")
         key = id(model)
         if getattr(self, "_cider_generator", (None, None))[0] != key:
-            try:
-                overrides = json.loads(self.cfg.eval_cider_args or "{}")
-            except json.JSONDecodeError as e:
-                raise DataError(f"--eval-cider-args is not JSON ({e}): {self.cfg.eval_cider_args}")
-            args = {f.name: getattr(GenerationConfig(), f.name) for f in fields(GenerationConfig) if f.name != "_name"}
-            unknown = sorted(set(overrides) - set(args))
-            if unknown:
-                raise DataError(f"--eval-cider-args: not fairseq generation options: {', '.join(unknown)}")
-            args.update(overrides)
-            self._cider_generator = (key, self.build_generator([model], Namespace(**args)))
+            self._cider_generator = (key, self.build_generator([model], self.eval_generation_args()))
         if not hasattr(self, "_cider_scorers"):
             self._cider_scorers = {}
         first = sample["item_ids"][0]
@@ -146,21 +137,47 @@ class CaptionTaskBase(FairseqTask):
         scores = self._cider_scorers[split].scores(hyps, sample["references"])
         return {"_cider_sum": float(scores.sum()), "_cider_n": len(hyps)}
 
+    def eval_generation_args(self, **overrides) -> Namespace:
+        """fairseq's generation options for decoding during training: the defaults of fairseq's
+        ``GenerationConfig``, then ``--eval-cider-args`` (JSON), then ``overrides`` (e.g. SCST's
+        sampling: the samples are capped as the validation decode is)."""
+        try:
+            given = json.loads(self.cfg.eval_cider_args or "{}")
+        except json.JSONDecodeError as e:
+            raise DataError(f"--eval-cider-args is not JSON ({e}): {self.cfg.eval_cider_args}")
+        args = {f.name: getattr(GenerationConfig(), f.name) for f in fields(GenerationConfig) if f.name != "_name"}
+        unknown = sorted(set(given) - set(args))
+        if unknown:
+            raise DataError(f"--eval-cider-args: not fairseq generation options: {', '.join(unknown)}")
+        args.update(given)
+        args.update(overrides)
+        return Namespace(**args)
+
+    def caption_string(self, tokens, strip=None) -> str:
+        """Caption tokens → the caption text scored against references: ``strip`` (default:
+        </s>) and padding left out, then ``post_process_hypothesis`` when the task has one."""
+        d = self.target_dictionary
+        text = d.string(torch.as_tensor(tokens).int().cpu(), extra_symbols_to_ignore=set(strip or {d.eos()}) | {d.pad()})
+        post = getattr(self, "post_process_hypothesis", None)
+        return post(text) if post is not None else text
+
     @torch.no_grad()
     def caption_strings(self, generator, models, sample: dict) -> List[str]:
         """Best hypothesis per sample of ``generator`` (fairseq's ``inference_step``), as a caption
         string: specials stripped, then ``post_process_hypothesis`` when the task has one (e.g.
         sentencepiece detokenisation)."""
         hypos = self.inference_step(generator, models, sample)
-        d = self.target_dictionary
-        strip = set(getattr(generator, "symbols_to_strip_from_output", None) or {d.eos()})
-        out = [d.string(h[0]["tokens"].int().cpu(), extra_symbols_to_ignore=strip) for h in hypos]
-        post = getattr(self, "post_process_hypothesis", None)
-        return [post(s) for s in out] if post is not None else out
+        strip = getattr(generator, "symbols_to_strip_from_output", None)
+        return [self.caption_string(h[0]["tokens"], strip) for h in hypos]
 
     def split_references(self, dataset) -> dict:
         """item id → reference captions of an evaluation dataset."""
         raise NotImplementedError
+
+    def reward_references(self, split: str) -> dict:
+        """item id → the reference captions of ``split``, the SCST reward's (criterions/self_critical.py)."""
+        raise OptionError(f"self-critical training needs a split's reference captions by item; the "
+                          f"{type(self).__name__} does not provide them (the captioning task does)")
 
     def reduce_metrics(self, logging_outputs, criterion):
         super().reduce_metrics(logging_outputs, criterion)

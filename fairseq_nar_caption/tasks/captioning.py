@@ -34,7 +34,7 @@ from ..data.caption_dataset import CaptionDataset, base_caption_dataset
 from ..data.feature_store import MultiModalFeatures, open_feature_store
 from ..data.frame_sampling import FrameSampledStore
 from ..data.hybrid_distill import HybridDistillConfig, with_distilled_targets
-from ..data.manifest import read_manifest
+from ..data.manifest import item_references, read_manifest
 from ..data.retrieval import Conditions, RetrievalConfig
 from ..errors import DataError
 from ..generators import DecodingConfig
@@ -131,6 +131,13 @@ class CaptioningTask(CaptionTaskBase):
 
     def split_references(self, dataset) -> dict:
         return base_caption_dataset(dataset).refs
+
+    def reward_references(self, split: str) -> dict:
+        """item id → the captions of ``<data>/<split>.tsv`` (the SCST reward's references)."""
+        path = os.path.join(self.cfg.data, f"{split}.tsv")
+        if not os.path.isfile(path):
+            raise DataError(f"{path}: the reward split's manifest (--reward-split {split}) does not exist")
+        return item_references(path)
 
     def training_targets(self, dataset):
         base = base_caption_dataset(dataset)
