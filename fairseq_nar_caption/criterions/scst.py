@@ -40,7 +40,6 @@ Validation is the task's decode score (``--eval-cider``, required): the criterio
 validation pass.  RDT has its own guided variant (``rdt_scst``) on the same reward and baseline.
 """
 import contextlib
-from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
 
 import torch
@@ -91,7 +90,6 @@ class Estimator:
 
 
 class ARSampling(Estimator):
-    name = "AR sampling"
 
     def __init__(self, task):
         super().__init__(task)
@@ -124,18 +122,15 @@ class ARSampling(Estimator):
         for i, r in enumerate(rows):
             target[i, : len(r)] = r.to(device)
         prev = torch.cat([target.new_full((len(rows), 1), self.eos), target[:, :-1]], 1)
-        prev = prev.masked_fill(prev.eq(self.pad), self.pad)
         encoder_out = model.encoder.forward_torchscript(sample["net_input"])
         bsz = len(rows) // k
         order = torch.arange(bsz, device=device).repeat(k)
         encoder_out = model.encoder.reorder_encoder_out(encoder_out, order)
         logits, _ = model.decoder(prev, encoder_out=encoder_out)
-        never = sorted(set(self.banned) - {self.eos} | {self.pad})
-        lprobs = _ruled(logits, never)
-        first = lprobs[:, :1].clone()
-        first[..., self.eos] = float("-inf")  # fairseq's min_len 1: no </s> first
-        lprobs = torch.cat([F.log_softmax(first, -1), lprobs[:, 1:]], 1)
-        tok = lprobs.gather(-1, target.unsqueeze(-1)).squeeze(-1)
+        logits = logits.float().clone()
+        logits[..., sorted(set(self.banned) - {self.eos} | {self.pad})] = float("-inf")
+        logits[:, 0, self.eos] = float("-inf")  # fairseq's min_len 1: no </s> first
+        tok = F.log_softmax(logits, -1).gather(-1, target.unsqueeze(-1)).squeeze(-1)
         return tok.masked_fill(target.eq(self.pad), 0.0).sum(1)
 
     def greedy(self, model, sample):
@@ -143,7 +138,6 @@ class ARSampling(Estimator):
 
 
 class CTCSampling(Estimator):
-    name = "CTC alignment sampling"
 
     def __init__(self, task):
         super().__init__(task)
@@ -178,7 +172,6 @@ class CTCSampling(Estimator):
 
 
 class MaskedLMSampling(Estimator):
-    name = "masked-LM sampling at a sampled length"
 
     def __init__(self, task):
         super().__init__(task)
@@ -219,7 +212,6 @@ class MaskedLMSampling(Estimator):
 
 
 class DAGSampling(Estimator):
-    name = "DAG path and token sampling"
 
     def __init__(self, task):
         super().__init__(task)
@@ -279,12 +271,7 @@ def _estimators():
     return table
 
 
-@dataclass
-class SCSTConfig(SelfCriticalConfig):
-    pass
-
-
-@register_criterion("scst", dataclass=SCSTConfig)
+@register_criterion("scst", dataclass=SelfCriticalConfig)
 class SCSTCriterion(SelfCriticalCriterion):
     def __init__(self, task, num_samples, scst_baseline, reward_split):
         super().__init__(task, "scst", num_samples, scst_baseline, reward_split)
