@@ -209,6 +209,31 @@ def test_sampler_starts_within_the_training_range_of_t_by_default():
         build_caption_generator("diffusion", [StubRDT([5])], stub_dictionary(), diffusion_cfg(diffusion_max_time=0))
 
 
+def test_start_time_edits_the_retrieved_sentence_from_its_bits_noised_to_tau():
+    stub = StubRDT([5, 6, 2, 7])
+    stub.noise_schedule, stub.pad = "cosine", 1
+    stub.fill_slots = lambda tokens: RDTModel.fill_slots(stub, tokens)
+    stub.to_bits = lambda tokens: stub.book[tokens]
+    retrieved = torch.tensor([[4, 5, 2]])  # w4 w5 </s>
+    stub.forward_encoder = lambda net_input: {"encoder_out": [torch.zeros(3, 1, 2)], "retrieved_tokens": [retrieved]}
+    sample = {"id": torch.tensor([3]), "net_input": {"features": torch.zeros(1, 3, 2)}}
+    build_caption_generator("diffusion", [stub], stub_dictionary(), diffusion_cfg(diffusion_start_time=0.5)) \
+        .generate([stub], sample)
+    # T = 2 steps over [0, τ]: t' = 0.5, then 0.25
+    assert torch.allclose(stub.calls[0][1], log_snr_gamma(torch.tensor([0.5])))
+    assert torch.allclose(stub.calls[1][1], log_snr_gamma(torch.tensor([0.25])))
+    # x_τ = Eq. 1 at t' = τ from the sentence's L slots (w4 w5 </s> </s>), the item's x_T draw as ε
+    eps = item_normal([3], (stub.seq_len, stub.n_bits), 7, "cpu")
+    x0 = stub.book[torch.tensor([[4, 5, 2, 2]])]
+    a, s = alpha_sigma(log_snr_gamma(torch.tensor(0.5)))
+    assert torch.allclose(stub.calls[0][0], a * x0 + s * eps)
+    stub.cfg.no_retrieval = True
+    with pytest.raises(GeneratorError, match="no-retrieval"):
+        build_caption_generator("diffusion", [stub], stub_dictionary(), diffusion_cfg(diffusion_start_time=0.5))
+    with pytest.raises(GeneratorError, match="diffusion-start-time"):
+        build_caption_generator("diffusion", [StubRDT([5])], stub_dictionary(), diffusion_cfg(diffusion_start_time=0))
+
+
 def test_ddim_step_by_hand_and_it_keeps_the_noise_that_eq5_erases():
     model = SimpleNamespace(gamma=lambda t: log_snr_gamma(t, "cosine"))
     x0 = torch.tensor([[[1.0, -1.0], [-1.0, 1.0]]])
@@ -305,6 +330,7 @@ class LossStubRDT(torch.nn.Module):
         self.logits = torch.zeros(2, seq_len, vocab, requires_grad=True)
 
     fixed_length = RDTModel.fixed_length
+    fill_slots = RDTModel.fill_slots
     sentence_mask = RDTModel.sentence_mask
     to_bits = RDTModel.to_bits
 
@@ -509,6 +535,98 @@ def test_retrieval_condition_random_and_none_for_the_reliance_diagnostic(tiny_da
         RetrievalDataset(task.dataset("test").dataset, None, "r.json", test_condition="nothing")
 
 
+def test_training_conditions_gt_share_from_the_human_captions_random_none_and_the_reference_copy_test(tiny_data):
+    from conftest import write_tsv
+    from fairseq_nar_caption.tasks.captioning import CaptioningConfig, CaptioningTask
+    (tiny_data / "r.json").write_text(json.dumps(hand_made_retrieval(tiny_data, {
+        "1": ["a blue square"], "2": ["a red circle"], "3": ["a red ball"]})))
+    # distilled targets (one teacher caption per item): the GT share must come from train.tsv's human captions
+    write_tsv(tiny_data / "train_distill.tsv", [("1", "a red circle"), ("2", "a blue circle"), ("3", "a blue square")])
+    task = CaptioningTask.setup_task(CaptioningConfig(data=str(tiny_data), retrieval_file="r.json",
+                                                      retrieval_gt_prob=0.5, seed=1))
+    d = task.target_dictionary
+    task.load_dataset("train_distill")
+    ds = task.dataset("train_distill")
+    draws = []
+    for epoch in range(1, 201):
+        ds.set_epoch(epoch)
+        draws.append(d.string(ds[0]["retrieved"]))  # item 1, target "a red circle"
+    # item 1's human captions are "a red circle" (= the target: never drawn) and "a red ball"
+    assert set(draws) == {"a red ball", "a blue square"}
+    assert 0.4 < draws.count("a red ball") / len(draws) < 0.6  # the option's share
+    pool = {"a blue square", "a red circle", "a red ball"}
+    for cond in ("random", "none"):
+        t = CaptioningTask.setup_task(CaptioningConfig(data=str(tiny_data), retrieval_file="r.json",
+                                                       retrieval_train_condition=cond, seed=1))
+        t.load_dataset("train")
+        tr = t.dataset("train")
+        seen = set()
+        for epoch in range(1, 40):
+            tr.set_epoch(epoch)
+            seen |= {d.string(tr[i]["retrieved"]) for i in range(len(tr))}
+        assert seen == (pool if cond == "random" else {"<pad>"}), cond  # none: one <pad>, masked out
+    ref = CaptioningTask.setup_task(CaptioningConfig(data=str(tiny_data), retrieval_file="r.json",
+                                                     retrieval_condition="reference"))
+    ref.load_dataset("test")
+    assert d.string(ref.dataset("test")[0]["retrieved"]) == "a blue circle"  # item 3's first reference
+
+
+def _tiny_rdt(retrieval_embed, retrieval_slots=False):
+    from omegaconf import OmegaConf
+    from types import SimpleNamespace
+
+    from conftest import make_dictionary
+    from fairseq_nar_caption.models.rdt import RDTConfig, RDTModel
+
+    d = make_dictionary("a red ball blue square circle".split())
+    cfg = OmegaConf.structured(RDTConfig(embed_dim=16, ffn_embed_dim=32, attention_heads=2, encoder_layers=1,
+                                         semantic_layers=1, decoder_layers=1, seq_len=6, max_source_positions=8,
+                                         max_target_positions=16, retrieval_embed=retrieval_embed,
+                                         retrieval_slots=retrieval_slots, dropout=0.0,
+                                         attention_dropout=0.0))
+    task = SimpleNamespace(target_dictionary=d, feature_dim=6, tokens_per_modality=[4],
+                           cfg=SimpleNamespace(_name="captioning"))
+    return RDTModel.build_model(cfg, task).eval(), d
+
+
+@pytest.mark.parametrize("retrieval_embed,retrieval_slots", [("separate", False), ("tied", False), ("tied", True)])
+def test_the_retrieved_sentence_reaches_the_denoisers_output(retrieval_embed, retrieval_slots):
+    torch.manual_seed(0)
+    model, d = _tiny_rdt(retrieval_embed, retrieval_slots)
+    shared = model.encoder.embed_retrieved.weight is model.decoder.output_projection.weight
+    assert shared == (retrieval_embed == "tied")  # tied: the word read and the word written are one vector
+    feats = torch.randn(2, 4, 6)
+    x_t = torch.randn(2, model.seq_len, model.n_bits)
+    gamma = model.gamma(torch.full((2,), 0.5))
+    sent = lambda s: torch.tensor([[d.index(w) for w in s.split()] + [d.eos()]] * 2)  # noqa: E731
+    outs = {}
+    for name, cond in (("a", sent("a red ball")), ("b", sent("a blue square")),
+                       ("none", torch.full((2, 1), d.pad()))):
+        with torch.no_grad():
+            enc = model.encoder(feats, None, retrieved_tokens=cond)
+            outs[name] = model.denoise(x_t, gamma, enc)[0]
+    assert not torch.allclose(outs["a"], outs["b"])  # another condition, another prediction
+    assert not torch.allclose(outs["a"], outs["none"])
+    if retrieval_slots:  # slot i also reads the bits of the sentence's i-th word (</s> after it, cut at L)
+        seen = []
+        model.decoder.in_proj.register_forward_hook(lambda m, i, o: seen.append(i[0]))
+        long = torch.tensor([[d.index("red")] * 9 + [d.eos()]])  # longer than L = 6: cut
+        with torch.no_grad():
+            model.denoise(x_t[:1], gamma[:1], model.encoder(feats[:1], None, retrieved_tokens=long))
+            model.denoise(x_t[:1], gamma[:1], model.encoder(feats[:1], None, retrieved_tokens=sent("blue square")[:1]))
+        n = model.n_bits
+        assert torch.equal(seen[0][0, :, 2 * n:], model.book[torch.tensor([d.index("red")] * 6)])
+        expected = [d.index("blue"), d.index("square")] + [d.eos()] * 4
+        assert torch.equal(seen[1][0, :, 2 * n:], model.book[torch.tensor(expected)])
+    if shared:  # a gradient through the condition reaches the output projection's rows of the condition's words
+        model.zero_grad()
+        enc = model.encoder(feats, None, retrieved_tokens=sent("blue square"))
+        logits = model.denoise(x_t, gamma, enc)[0]
+        logits[..., d.index("red")].sum().backward()  # a word outside the condition: its row gets the output's grad
+        g = model.decoder.output_projection.weight.grad
+        assert g[d.index("blue")].abs().sum() > 0 and g[d.index("square")].abs().sum() > 0
+
+
 def test_missing_retrieval_item_is_one_clear_error(tiny_data):
     from fairseq_nar_caption.tasks.captioning import CaptioningConfig, CaptioningTask
     (tiny_data / "r.json").write_text(json.dumps(hand_made_retrieval(tiny_data, {"1": ["a red ball"],
@@ -586,3 +704,12 @@ def test_a_training_target_longer_than_seq_len_is_refused_when_the_split_loads()
     with pytest.raises(DataError, match=r"train\.tsv: row 3: 5 target tokens .* do not fit --seq-len 4"):
         RDTModel.check_targets(SimpleNamespace(seq_len=4), fits[:1] + [torch.tensor([5, 6, 7, 8, 2])],
                                lambda i: f"train.tsv: row {i + 2}", 2)
+
+
+def test_init_from_a_missing_ar_checkpoint_is_one_error(tmp_path):
+    from fairseq_nar_caption.errors import CheckpointError
+
+    model, _ = _tiny_rdt("tied")
+    model.cfg.init_from_ar = str(tmp_path / "ar.pt")
+    with pytest.raises(CheckpointError, match=r"ar\.pt: the AR checkpoint .*RDT.*does not exist"):
+        model.init_from_pretrained()

@@ -99,3 +99,31 @@ def test_guided_scst_and_a_cascade_through_fairseq_train(trained, tmp_path):
           "train_distill.tsv,val_stage1.tsv", "--lr", "2e-3", "--max-update", "5", "--save-dir", str(cascade.parent))
     hyps = generate_test(data, retrieval, f"{ckpt}:{cascade}", "--diffusion-steps", "3", "--cascade-steps", "4")
     assert sorted(hyps) == list(range(40))
+
+
+def test_editing_from_a_tiny_start_time_returns_the_retrieved_sentence_and_the_probe_sees_the_condition(trained):
+    """--diffusion-start-time τ → 0: x_τ is the top-1 sentence's bits with almost no noise, and every later step
+    keeps more than half of each bit (Π(1 − c) = exp(γ(0) − γ(τ))), so the caption is that sentence; the probe's
+    hooks see attention on the condition, none without one."""
+    import json
+    import sys
+
+    data, retrieval, ckpt = trained
+    hyps = generate_test(data, retrieval, ckpt, "--diffusion-steps", "5", "--diffusion-start-time", "0.001")
+    order = list(dict.fromkeys(r.item_id for r in read_manifest(str(data / "test.tsv"))))
+    top1 = json.loads(retrieval.read_text())["items"]
+    assert hyps == {i: top1[item][0] for i, item in enumerate(order)}
+    sys.path.insert(0, os.path.join(os.path.dirname(USER_DIR), "examples", "rdt"))
+    try:
+        import probe
+    finally:
+        sys.path.pop(0)
+    from fairseq_nar_caption import inference
+
+    loaded = inference.load(str(data), ["--path", str(ckpt), "--retrieval-file", str(retrieval),
+                                        "--generator", "diffusion"])
+    rows = {r["condition"]: r for r in probe.probe(loaded, "val", 8, [0.5])}
+    assert rows["none"]["mass"] == [0.0] and rows["none"]["copy"] is None
+    for cond in ("retrieved", "random", "reference"):
+        assert 0 < rows[cond]["mass"][0] <= 1 + 1e-6 and 0 <= rows[cond]["copy"] <= 100
+    assert rows["retrieved"]["changed"] is None and 0 <= rows["random"]["changed"] <= 100

@@ -25,13 +25,24 @@ SAIC_FLAGS="$SAIC_MODEL --init-from-ar $AR --criterion group_mask --curriculum-u
 NARVL_MODEL="--arch narvl_features $SIZE --num-queries 40 --generator ctc"
 NARVL_FLAGS="$NARVL_MODEL --init-from-ar $AR --criterion query_ctc --label-smoothing 0.1 $NAR_OPT"
 # RDT: its decoder depth = Semantic Transformer + Sentence Decoder blocks (default 1 + 1 = the AR decoder's 2);
-# from scratch as in the paper; cheaper updates, so RDT_UPDATES of them; validated at T = 10
+# cheaper updates, so RDT_UPDATES of them; validated at T = 10.  Its retrieved-sentence condition
+# (examples/rdt/README.md, "Making the retrieved sentence matter"): RDT_CONDITION=copy (default) reads the sentence
+# with the output words' embeddings and, slot by slot, as bits beside x_t, trains with half of its conditions a
+# human caption of the image and starts from the AR weights; RDT_CONDITION=paper: the paper's path alone (its own
+# embedding table, the Semantic Transformer's attention), retrieved sentences only, from scratch
 RDT_SIZE=$(echo "$SIZE" | sed -E "s/--decoder-layers ([0-9]+)/${RDT_SIZE_LAYERS:---decoder-layers 1 --semantic-layers 1}/")
+case ${RDT_CONDITION:-copy} in
+  copy) RDT_CONDITION_MODEL="--retrieval-embed tied --retrieval-slots"
+        RDT_CONDITION_TRAIN="--init-from-ar $AR --retrieval-gt-prob 0.5" ;;
+  paper) RDT_CONDITION_MODEL=""; RDT_CONDITION_TRAIN="" ;;
+  *) echo "recipe.sh: RDT_CONDITION must be copy or paper, got '$RDT_CONDITION'" >&2; exit 2 ;;
+esac
 # RDT_SEQ_LEN: its fixed caption slots, which must hold the longest training target + </s> (the toy's distilled
 # captions stay under 24 tokens; real language needs the distillation's cap, 28 words, + 1: coco_concepts.sh sets 32)
-RDT_MODEL="--arch rdt $RDT_SIZE --seq-len ${RDT_SEQ_LEN:-24} --retrieval-file $RET --generator diffusion
-  --diffusion-steps 10 --diffusion-eos-fallback"
-RDT_FLAGS="$RDT_MODEL --criterion rdt_loss $OPT --lr 1e-3 --warmup-updates 200 --max-update $RDT_UPDATES $SELECT"
+RDT_MODEL="--arch rdt $RDT_SIZE --seq-len ${RDT_SEQ_LEN:-24} $RDT_CONDITION_MODEL --retrieval-file $RET
+  --generator diffusion --diffusion-steps 10 --diffusion-eos-fallback"
+RDT_FLAGS="$RDT_MODEL $RDT_CONDITION_TRAIN --criterion rdt_loss $OPT --lr 1e-3 --warmup-updates 200
+  --max-update $RDT_UPDATES $SELECT"
 # DAG (DA-Transformer for captions): L = 2 x 32 graph vertices, from the AR weights; validated by lookahead
 DAG_MODEL="--arch dag_caption $SIZE --graph-ratio 2 --generator dag --dag-decode lookahead"
 DAG_FLAGS="$DAG_MODEL --init-from-ar $AR --criterion dag_loss $NAR_OPT"

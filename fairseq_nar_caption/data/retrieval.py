@@ -30,16 +30,21 @@ rule, for the retrieval file and for the ranker ``.npz`` beside it):
 ``HybridDistillDataset``) and adds ``net_input["retrieved_tokens"]`` (B x L_r, words +
 </s>, padded): the semantic condition of RDT's Semantic Transformer.
 
-- training splits (one example per caption): with probability ``gt_prob`` another
-  ground-truth caption of the same item (never the target itself), otherwise one of the
-  item's top-``topk`` retrieved sentences, uniformly (the reference samples 5 of its 20
-  sentences, one per GT caption); the draw is seeded by (seed, epoch, index);
+- training splits (one example per caption): with probability ``gt_prob`` a human caption
+  of the same item from the retrieval file's training manifest (the sentence pool; never the
+  target itself, so with distilled targets any of the item's human captions), otherwise one
+  of the item's top-``topk`` retrieved sentences, uniformly (the reference samples 5 of its
+  20 sentences, one per GT caption); the draw is seeded by (seed, epoch, index).
+  ``train_condition`` (an ablation of what the condition is worth in training): ``random`` =
+  a sentence drawn from every sentence of the retrieval file, ``none`` = no sentence;
 - other splits: the top-1 sentence (``test_rank`` r > 0: the (r+1)-th, e.g. to decode one
   image with several conditions for the diversity of Table VII).  ``test_condition`` (a
   diagnostic of how much a model relies on its condition): ``random`` = a sentence drawn
   from every sentence of the retrieval file (all are training captions), seeded by
   (seed, index), unrelated to the image; ``none`` = a single <pad>, i.e. every retrieved
-  slot is masked out of the Semantic Transformer's attention.
+  slot is masked out of the Semantic Transformer's attention; ``reference`` = the item's
+  first reference caption of its own split (a copy test: a model that edits its condition
+  scores far above the retrieved condition with it).
 
 With ``cascade`` (item id → a first-stage model's caption, from manifests such as
 ``nar-caption-distill`` writes) the batch also gets ``cascade_tokens`` (B x T), the
@@ -58,12 +63,13 @@ from fairseq.data import BaseWrapperDataset, data_utils
 from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 
 from .caption_dataset import base_caption_dataset, encode_caption
-from .manifest import read_manifest
+from .manifest import item_references, read_manifest
 from ..errors import DataError, OptionError
 from ..files import load_json, sha256_file
 
 
-TEST_CONDITIONS = ("retrieved", "random", "none")
+TEST_CONDITIONS = ("retrieved", "random", "none", "reference")
+TRAIN_CONDITIONS = ("retrieved", "random", "none")
 FINGERPRINT_FORMAT = 1
 REMAKE = "run nar-caption-retrieve again on this data (--overwrite replaces a file it did not make)"
 
@@ -229,7 +235,8 @@ def require_items(found: dict, base, source: str, what: str) -> None:
 class RetrievalDataset(BaseWrapperDataset):
     def __init__(self, dataset, retrieved: Optional[Dict[str, List[str]]], retrieval_path: str, topk: int = 5,
                  gt_prob: float = 0.0, seed: int = 1, cascade: Optional[Dict[str, str]] = None,
-                 cascade_source: str = "", test_rank: int = 0, test_condition: str = "retrieved"):
+                 cascade_source: str = "", test_rank: int = 0, test_condition: str = "retrieved",
+                 gt_pool: Optional[Dict[str, List[str]]] = None, train_condition: str = "retrieved"):
         super().__init__(dataset)
         base = base_caption_dataset(dataset)
         if base is None:
@@ -239,7 +246,10 @@ class RetrievalDataset(BaseWrapperDataset):
         self.topk, self.gt_prob, self.test_rank = topk, gt_prob, test_rank
         if test_condition not in TEST_CONDITIONS:
             raise ValueError(f"--retrieval-condition must be one of {', '.join(TEST_CONDITIONS)}, got {test_condition!r}")
-        self.test_condition = test_condition
+        if train_condition not in TRAIN_CONDITIONS:
+            raise ValueError(f"--retrieval-train-condition must be one of {', '.join(TRAIN_CONDITIONS)}, "
+                             f"got {train_condition!r}")
+        self.test_condition, self.train_condition = test_condition, train_condition
         if topk < 1 or not 0 <= gt_prob <= 1:
             raise ValueError(f"need --retrieval-topk >= 1 and 0 <= --retrieval-gt-prob <= 1, got {topk}, {gt_prob}")
         d, max_tokens = base.dictionary, base.max_target_positions
@@ -253,19 +263,20 @@ class RetrievalDataset(BaseWrapperDataset):
             keep = slice(0, topk) if self.training else slice(test_rank, test_rank + 1)
             self.retrieved = {i: [encode_caption(d, s, retrieval_path, i, max_tokens, strict=False)
                                   for s in retrieved[i][keep]] for i in base.item_order}
-            if not self.training and test_condition == "random":
-                self.pool = sorted({s for sents in retrieved.values() for s in sents})
-                self.pool_tokens = {}
+            self.pool = sorted({s for sents in retrieved.values() for s in sents})  # the "random" conditions
+            self.pool_tokens = {}
         self.cascade = None
         if cascade is not None:
             require_items(cascade, base, cascade_source, "first-stage caption")
             self.cascade = {i: encode_caption(d, cascade[i], cascade_source, i, max_tokens, strict=False)
                             for i in base.item_order}
-        # other GT captions of each item, for the gt_prob draw
+        # the item's human captions (the sentence pool's), for the gt_prob draw
         self.gt = {}
         if self.training and gt_prob > 0:
-            for i, caps in base.refs.items():
-                self.gt[i] = [encode_caption(d, c, base.manifest_path, i, max_tokens, strict=False) for c in caps]
+            pool = base.refs if gt_pool is None else gt_pool
+            for i in base.item_order:
+                self.gt[i] = [encode_caption(d, c, base.manifest_path, i, max_tokens, strict=False)
+                              for c in pool.get(i, [])]
 
     def __getattr__(self, name):  # refs, item_order, per, ... of the caption dataset
         if name in ("dataset", "base") or name.startswith("__"):
@@ -276,19 +287,29 @@ class RetrievalDataset(BaseWrapperDataset):
         self.epoch = epoch
         super().set_epoch(epoch)
 
+    def _random_sentence(self, item_id: str, *seed) -> torch.Tensor:
+        """A sentence drawn from every sentence of the retrieval file, seeded by ``seed``."""
+        with data_utils.numpy_seed(self.seed, *seed):
+            k = int(np.random.randint(len(self.pool)))
+        if k not in self.pool_tokens:
+            self.pool_tokens[k] = encode_caption(self.base.dictionary, self.pool[k], "retrieval pool", item_id,
+                                                 self.base.max_target_positions, strict=False)
+        return self.pool_tokens[k]
+
     def condition(self, index: int, item_id: str, target: torch.Tensor) -> torch.Tensor:
         options = self.retrieved[item_id]
+        which = self.test_condition if not self.training else self.train_condition
+        if which == "none":
+            return torch.tensor([self.base.dictionary.pad()])  # all masked out (retrieval_padding_mask)
         if not self.training:
-            if self.test_condition == "none":
-                return torch.tensor([self.base.dictionary.pad()])  # all masked out (retrieval_padding_mask)
-            if self.test_condition == "random":
-                with data_utils.numpy_seed(self.seed, index):
-                    k = int(np.random.randint(len(self.pool)))
-                if k not in self.pool_tokens:
-                    self.pool_tokens[k] = encode_caption(self.base.dictionary, self.pool[k], "retrieval pool", item_id,
-                                                         self.base.max_target_positions, strict=False)
-                return self.pool_tokens[k]
+            if which == "random":
+                return self._random_sentence(item_id, index)
+            if which == "reference":
+                return encode_caption(self.base.dictionary, self.base.refs[item_id][0], self.base.manifest_path,
+                                      item_id, self.base.max_target_positions, strict=False)
             return options[0]
+        if which == "random":
+            return self._random_sentence(item_id, self.epoch, index)
         with data_utils.numpy_seed(self.seed, self.epoch, index):
             if self.gt_prob > 0 and np.random.rand() < self.gt_prob:
                 others = [c for c in self.gt.get(item_id, []) if not torch.equal(c, target)]
@@ -328,14 +349,19 @@ class RetrievalConfig(FairseqDataclass):
                                         "to --data or absolute"})
     retrieval_topk: int = field(default=5, metadata={"help": "training samples among the top-k retrieved sentences"})
     retrieval_gt_prob: float = field(
-        default=0.0, metadata={"help": "training: probability of conditioning on another GT caption of the item"})
+        default=0.0, metadata={"help": "training: probability of conditioning on a human caption of the item (of the "
+                                       "retrieval file's training manifest; never the target itself)"})
+    retrieval_train_condition: ChoiceEnum(["retrieved", "random", "none"]) = field(
+        default="retrieved", metadata={"help": "training splits (an ablation): retrieved = one of the top-k; random = "
+                                               "a random sentence of the retrieval file; none = no sentence"})
     retrieval_test_rank: int = field(
         default=0, metadata={"help": "evaluation splits: condition on the retrieved sentence of this rank (0 = top-1)"})
-    retrieval_condition: ChoiceEnum(["retrieved", "random", "none"]) = field(
+    retrieval_condition: ChoiceEnum(["retrieved", "random", "none", "reference"]) = field(
         default="retrieved", metadata={"help": "evaluation splits (a diagnostic): retrieved = the sentence of "
                                                "--retrieval-test-rank; random = a random sentence of the retrieval "
                                                "file (a training caption, seeded per item); none = no sentence "
-                                               "(the retrieved slots all masked out)"})
+                                               "(the retrieved slots all masked out); reference = the item's first "
+                                               "reference caption (a copy test)"})
     cascade_manifests: Optional[str] = field(
         default=None, metadata={"help": "comma-separated manifests (relative to --data) with a first-stage caption "
                                         "per item: the condition of a cascaded (second-stage) RDT in training"})
@@ -353,6 +379,9 @@ class Conditions:
         self.retrieval_path = path(cfg.retrieval_file) if cfg.retrieval_file else None
         self.retrieval = RetrievalFile(self.retrieval_path, data) if self.retrieval_path else None
         self.retrieved = self.retrieval.items if self.retrieval is not None else None
+        self.gt_pool = None  # the items' human captions of the sentence pool (--retrieval-gt-prob)
+        if self.retrieval is not None and cfg.retrieval_gt_prob > 0:
+            self.gt_pool = item_references(os.path.join(data, f"{self.retrieval.fingerprint['train_split']}.tsv"))
         self.cascade_source = ",".join(path(p) for p in cfg.cascade_manifests.split(",")) \
             if cfg.cascade_manifests else ""
         self.cascade = load_cascade_manifests(self.cascade_source.split(",")) if cfg.cascade_manifests else None
@@ -372,4 +401,5 @@ class Conditions:
             self.retrieval.check_split(split)
         return RetrievalDataset(dataset, self.retrieved, self.retrieval_path, self.cfg.retrieval_topk,
                                 self.cfg.retrieval_gt_prob, self.seed, self.cascade, self.cascade_source,
-                                self.cfg.retrieval_test_rank, self.cfg.retrieval_condition)
+                                self.cfg.retrieval_test_rank, self.cfg.retrieval_condition, self.gt_pool,
+                                self.cfg.retrieval_train_condition)

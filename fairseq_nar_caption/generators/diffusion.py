@@ -11,6 +11,9 @@ Per batch:
    (``model.forward_encoder``);
 2. x_T ~ N(0, I) over the L word slots, drawn per item from ``seed + sample id`` so an
    item's caption does not depend on its batch (batch-1 = batched);
+   (``--diffusion-start-time`` τ < 1: x_τ = the retrieved sentence's bits noised to t' = τ by
+   Eq. 1 with that draw as ε, and the times below are scaled by τ: the model edits its
+   condition, as SDEdit edits an image);
 3. for t = T … 1: t' = min(t/T, max-time), s' = min(max(t − 1 − Δ, 0)/T, max-time);
    x̂0 = f(x_t, γ(t'), G) with the previous x̂0 as self-condition (zeros at the first
    step), clamped to ±scale (a no-op for the softmax × code book prediction);
@@ -38,7 +41,7 @@ from torch import Tensor
 
 from ..errors import GeneratorError
 from ..models.modules.bits import bits_to_ids
-from ..models.rdt import alpha_sigma
+from ..models.rdt import alpha_sigma, forward_noise
 from .base import CaptionGenerator
 from .registry import register_generator
 
@@ -98,6 +101,10 @@ class DiffusionOptions(FairseqDataclass):
     diffusion_eos_fallback: bool = field(
         default=False, metadata={"help": "a caption whose L slots hold no </s> is cut where the last pass gives </s> "
                                          "its highest probability (default: all L slots are kept, as the reference)"})
+    diffusion_start_time: float = field(
+        default=1.0, metadata={"help": "τ in (0, 1]: 1 = from noise x_T (the paper); τ < 1 = edit the retrieved "
+                                       "sentence: start from its bits noised to t' = τ (Eq. 1) and run the T steps "
+                                       "over [0, τ] (SDEdit, Meng et al. 2022)"})
     diffusion_words: str = field(
         default="nearest-code", metadata={"help": "how the final x_0 becomes words: nearest-code = the valid word "
                                                   "nearest to the bits (the paper's thresholding); argmax = the "
@@ -109,6 +116,8 @@ class DiffusionOptions(FairseqDataclass):
             raise GeneratorError(f"need T >= 1 and Δ >= 0, got --diffusion-steps {self.diffusion_steps} "
                                  f"--time-difference {self.time_difference} --cascade-steps {self.cascade_steps} "
                                  f"--cascade-time-difference {self.cascade_time_difference}")
+        if not 0 < self.diffusion_start_time <= 1:
+            raise GeneratorError(f"--diffusion-start-time must be in (0, 1], got {self.diffusion_start_time}")
         if not 0 < self.diffusion_max_time <= 1:
             raise GeneratorError(f"--diffusion-max-time must be in (0, 1], got {self.diffusion_max_time}")
         if self.diffusion_sampler not in ("ddpm", "ddim"):
@@ -135,6 +144,10 @@ class DiffusionGenerator(CaptionGenerator):
         self.sample_noise, self.seed = options.diffusion_noise, options.diffusion_seed
         self.max_time, self.words_from = options.diffusion_max_time, options.diffusion_words
         self.sampler, self.eos_fallback = options.diffusion_sampler, options.diffusion_eos_fallback
+        self.start_time = options.diffusion_start_time
+        if self.start_time < 1 and any(getattr(m.cfg, "no_retrieval", False) for m in models):
+            raise GeneratorError("--diffusion-start-time < 1 edits the retrieved sentence: the model was trained "
+                                 "with --no-retrieval")
         # the vocabulary rule as a word mask: logits and the nearest-word decision never reach a banned symbol
         self.word_mask = torch.ones(len(dictionary), dtype=torch.bool)
         self.word_mask[self.banned] = False
@@ -147,6 +160,10 @@ class DiffusionGenerator(CaptionGenerator):
         device = encoder_out["encoder_out"][0].device
         id_list = ids.tolist()  # read once
         x = item_normal(id_list, shape, self.seed, device)  # x_T
+        tau = self.start_time
+        if tau < 1:  # x_τ: the retrieved sentence's bits noised to t' = τ (Eq. 1), x_T's draw as ε
+            start = model.to_bits(model.fill_slots(encoder_out["retrieved_tokens"][0]))
+            x = forward_noise(start, torch.full((bsz,), tau, device=device), model.noise_schedule, x)[0]
         x0_hat, logits = None, None
         scale = model.bit_scale
         # drawn and moved to the device before the loop: no step waits on a host-to-device copy
@@ -154,7 +171,7 @@ class DiffusionGenerator(CaptionGenerator):
         noises = {k: item_normal([i * 1009 + k for i in id_list], shape, self.seed + 1, device) for k in range(steps, 0, -1)
                   if k - 1 - delta > 0} if self.sample_noise else {}
         for k in range(steps, 0, -1):
-            t, s = k / steps, max(k - 1 - delta, 0) / steps  # t' and s' (Algorithm 1, line 3)
+            t, s = tau * k / steps, tau * max(k - 1 - delta, 0) / steps  # t' and s' (Algorithm 1, line 3)
             t, s = min(t, self.max_time), min(s, self.max_time)  # within the training range of t'
             gamma = model.gamma(torch.full((bsz,), t, device=device))
             logits, x0_hat = model.denoise(x, gamma, encoder_out, x0_hat, cascade_bits,

@@ -12,6 +12,7 @@ so they can be initialised from a trained AR checkpoint.
 """
 
 import logging
+import os
 from dataclasses import dataclass, field
 
 from fairseq.dataclass import ChoiceEnum, FairseqDataclass
@@ -112,6 +113,9 @@ def load_ar_weights(model, path: str, what: str, required=None, allowed_new=lamb
     (tables that share a name but not a meaning).  Returns our parameters left as built."""
     from fairseq import checkpoint_utils
 
+    if not os.path.isfile(path):
+        raise CheckpointError(f"{path}: the AR checkpoint to initialise this {what} model from (--init-from-ar) "
+                              f"does not exist")
     state = {k: v for k, v in checkpoint_utils.load_checkpoint_to_cpu(path)["model"].items()
              if not k.startswith(tuple(skip))}
     own = model.state_dict()

@@ -45,7 +45,8 @@ from torch import Tensor
 
 from ..data.text import RESERVED_SYMBOLS
 from ..errors import DataError, OptionError
-from .ar_caption import CaptionEncoderDecoderModel, CaptionModelConfig, resolve_feature_dim, transformer_config
+from .ar_caption import (CaptionEncoderDecoderModel, CaptionModelConfig, load_ar_weights, resolve_feature_dim,
+                         transformer_config)
 from .modules.bits import codebook, num_bits, predict_x0
 from .modules.feature_encoder import CaptionEncoderBase
 from .modules.ranking_attention import RankingEncoderLayer
@@ -94,6 +95,21 @@ class RDTConfig(CaptionModelConfig):
     noise_schedule: ChoiceEnum(["cosine", "linear"]) = field(default="cosine", metadata={"help": "γ of Eq. 1"})
     no_retrieval: bool = field(default=False, metadata={"help": "no retrieved-sentence condition (the ST reads the "
                                                                 "noisy words alone)"})
+    retrieval_embed: ChoiceEnum(["separate", "tied"]) = field(
+        default="separate", metadata={"help": "the retrieved sentence's word embeddings: separate (their own table, "
+                                              "as the reference's r_token_embed) or tied to the output projection "
+                                              "(a word read in the condition and the same word written share one "
+                                              "vector: a direct copy path)"})
+    retrieval_slots: bool = field(
+        default=False, metadata={"help": "also give slot i the bits of the retrieved sentence's i-th word (</s> after "
+                                         "it), concatenated to its input as a cascade's first-stage caption (SCD-Net): "
+                                         "an aligned copy path beside the Semantic Transformer's attention"})
+    init_from_ar: Optional[str] = field(
+        default=None, metadata={"help": "ar_caption checkpoint (same sizes and dictionary): the word embeddings (the "
+                                        "output projection, and the retrieved sentence's table), the visual "
+                                        "encoder's positions and the Sentence Decoder layers start from it; the "
+                                        "ranking encoder layers, the Semantic Transformer and the bit/time "
+                                        "inputs are new"})
     cascaded: bool = field(default=False, metadata={"help": "second-stage model: also reads a first model's "
                                                             "caption bits"})
     time_features: int = field(default=16, metadata={"help": "random Fourier features of γ (time embedding)"})
@@ -143,6 +159,7 @@ class RDTVisualEncoder(CaptionEncoderBase):
             r = self.embed_retrieved(retrieved_tokens) + self.retrieved_positions.weight[:lr][None]
             out["retrieval_out"] = [self.retrieved_norm(r)]
             out["retrieval_padding_mask"] = [retrieved_tokens.eq(self.padding_idx)]
+            out["retrieved_tokens"] = [retrieved_tokens]
         return out
 
 
@@ -167,8 +184,9 @@ class RDTDenoiser(FairseqDecoder):
         super().__init__(dictionary)
         d = cfg.embed_dim
         self.seq_len, self.x0_prediction = cfg.seq_len, cfg.x0_prediction
-        self.cascaded = cfg.cascaded
-        self.in_proj = nn.Linear(n_bits * (3 if cfg.cascaded else 2), d)  # [x_t, x̂0_prev (, first-stage caption)]
+        self.cascaded, self.retrieval_slots = cfg.cascaded, cfg.retrieval_slots and not cfg.no_retrieval
+        # [x_t, x̂0_prev (, first-stage caption) (, retrieved sentence)]
+        self.in_proj = nn.Linear(n_bits * (2 + int(cfg.cascaded) + int(self.retrieval_slots)), d)
         self.embed_positions = nn.Embedding(cfg.seq_len, d)
         nn.init.normal_(self.embed_positions.weight, std=0.02)
         self.time_embed = TimeEmbedding(cfg.time_features, d)
@@ -182,7 +200,8 @@ class RDTDenoiser(FairseqDecoder):
 
     def forward(self, x_t: Tensor, gamma: Tensor, encoder_out: Dict[str, List[Tensor]], self_cond: Tensor,
                 cascade_bits: Optional[Tensor] = None, word_mask: Optional[Tensor] = None,
-                book: Optional[Tensor] = None, **unused) -> Tuple[Tensor, Tensor]:
+                book: Optional[Tensor] = None, slot_condition: Optional[Tensor] = None,
+                **unused) -> Tuple[Tensor, Tensor]:
         """x_t, self_cond: B x L x n; gamma: (B,).  Returns (logits B x L x W, x̂0 B x L x n)."""
         bsz, length, _ = x_t.shape
         parts = [x_t, self_cond]
@@ -190,6 +209,8 @@ class RDTDenoiser(FairseqDecoder):
             if cascade_bits is None:
                 raise ValueError("a cascaded RDT model needs the first-stage caption (cascade_bits)")
             parts.append(cascade_bits)
+        if self.retrieval_slots:
+            parts.append(slot_condition)
         # Algorithm 1, line 4: embed(cat(x_t, γ(t'))) (+ positions)
         x = self.in_proj(torch.cat(parts, dim=-1)) + self.embed_positions.weight[:length][None]
         x = self.dropout(self.input_norm(x + self.time_embed(gamma)[:, None, :]))
@@ -252,7 +273,26 @@ class RDTModel(CaptionEncoderDecoderModel):
         dictionary = task.target_dictionary
         n_bits = num_bits(len(dictionary))
         encoder = RDTVisualEncoder(cfg, tcfg, resolve_feature_dim(cfg, task), task.tokens_per_modality, dictionary)
-        return cls(cfg, encoder, RDTDenoiser(cfg, tcfg, dictionary, n_bits), dictionary, n_bits)
+        decoder = RDTDenoiser(cfg, tcfg, dictionary, n_bits)
+        if encoder.use_retrieval and cfg.retrieval_embed == "tied":  # one V x d table (padding rows are masked out)
+            encoder.embed_retrieved.weight = decoder.output_projection.weight
+        return cls(cfg, encoder, decoder, dictionary, n_bits)
+
+    def init_from_pretrained(self):
+        """``--init-from-ar``: the parameters an ``ar_caption`` checkpoint shares with RDT by name and
+        shape (``load_ar_weights``), and its token embedding as the retrieved sentence's table."""
+        path = getattr(self.cfg, "init_from_ar", None)
+        if not path:
+            return
+        # the slots' positions and the encoder layers (ranking attention) have other meanings in RDT
+        load_ar_weights(self, path, "RDT", required="decoder.layers.",
+                        skip=("decoder.embed_positions.", "encoder.layers."))
+        if self.encoder.use_retrieval and self.encoder.embed_retrieved.weight is not self.decoder.output_projection.weight:
+            from fairseq import checkpoint_utils
+
+            embed = checkpoint_utils.load_checkpoint_to_cpu(path)["model"]["decoder.embed_tokens.weight"]
+            with torch.no_grad():
+                self.encoder.embed_retrieved.weight.copy_(embed)
 
     # ------------------------------------------------------------ bits and targets
     def check_targets(self, targets, where, eos: int) -> None:
@@ -272,6 +312,10 @@ class RDTModel(CaptionEncoderDecoderModel):
             name = item_ids[i] if item_ids is not None else i
             raise DataError(f"{what} of item {name}: {int(n[i])} tokens (words + </s>) do not fit "
                             f"--seq-len {self.seq_len}: raise --seq-len or drop longer captions")
+        return self.fill_slots(tokens)
+
+    def fill_slots(self, tokens: Tensor) -> Tensor:
+        """B x T tokens (pad after </s>) → B x L: pad → </s>, cut to L, filled with </s> up to L."""
         out = tokens.masked_fill(tokens.eq(self.pad), self.eos)[:, : self.seq_len]
         if out.size(1) < self.seq_len:
             out = torch.cat([out, out.new_full((out.size(0), self.seq_len - out.size(1)), self.eos)], dim=1)
@@ -294,8 +338,12 @@ class RDTModel(CaptionEncoderDecoderModel):
         marks the symbols the logits may reach (a generator passes its vocabulary rule)."""
         if self_cond is None:
             self_cond = torch.zeros_like(x_t)
+        slot_condition = None
+        if self.decoder.retrieval_slots:  # the retrieved sentence, cut or filled with </s> to the L slots
+            slot_condition = self.to_bits(self.fill_slots(encoder_out["retrieved_tokens"][0]))
         return self.decoder(x_t, gamma, encoder_out, self_cond, cascade_bits,
-                            word_mask=self.word_mask if word_mask is None else word_mask, book=self.book)
+                            word_mask=self.word_mask if word_mask is None else word_mask, book=self.book,
+                            slot_condition=slot_condition)
 
     def bare_decoder_pass(self, encoder_out, length: int = 0):
         """One denoising pass over the L slots (its fixed length, whatever the caption's)."""
