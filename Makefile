@@ -11,7 +11,7 @@ demo: env
 	bash scripts/demo.sh
 
 test: env
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --durations=15 tests
 
 clean-demo:
 	rm -rf data/toy runs/demo

@@ -195,3 +195,35 @@ def test_target_pos_classes_follow_the_manifest_tags(tiny_data):
     # OTHER 0, NOUN 1, VERB 2; </s> and padding 0
     assert batch["target_pos"].tolist() == [[0, 1, 2, 2, 0], [0, 0, 1, 0, 0]]
     assert batch["target_pos"].shape == batch["target"].shape
+
+
+def test_fairseqs_prefetch_thread_is_stopped_before_exit():
+    """fairseq's BufferedIterator loads batches ahead in a daemon thread; killed mid-batch at
+    interpreter finalisation it hangs a finished run (h5py's lock) or aborts it (torch's C++).
+    The exit tidy stops it after its batch in flight, even while it waits on a full queue."""
+    import time
+
+    from fairseq.data.iterators import BufferedIterator
+    from fairseq_nar_caption.data.feature_store import stop_background_loaders
+
+    loaded = []
+
+    class Source:
+        def __len__(self):
+            return 1000
+
+        def __iter__(self):
+            for i in range(1000):
+                loaded.append(i)
+                yield i
+
+    batches = BufferedIterator(2, Source())
+    assert next(batches) == 0
+    deadline = time.time() + 10
+    while batches._queue.qsize() < 2 and time.time() < deadline:  # the queue full: the thread waits to put
+        time.sleep(0.01)
+    thread = batches._consumer
+    assert thread.is_alive() and batches._queue.qsize() == 2
+    stop_background_loaders(timeout=10)
+    assert not thread.is_alive()
+    assert len(loaded) <= 4, len(loaded)  # batches 1, 2 queued, at most 3 in flight; not the whole source

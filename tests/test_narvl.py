@@ -408,6 +408,7 @@ def test_grounding_decodes_exactly_four_coordinates_when_ctc_merges_equal_bins(v
 
 # ----------------------------------------------------------------------------- grounding and entailment
 QUERIES = {"grounding": 7, "entailment": 2}  # grounding: 4 bins + up to 3 blanks between equal neighbours
+UPDATES = {"grounding": 400, "entailment": 200}  # boxes learn slower: 400 clears the margin on every seed tried
 
 
 def centre_box_mean_iou(data, split_rows, width=96, height=96):
@@ -435,7 +436,7 @@ def test_tiny_narvl_beats_trivial_baselines_on_grounding_and_entailment(vl_data,
             "--patch-image-size", "96", "--num-bins", str(BINS), "--cpu"]
     run_cli([os.path.join(BIN, "fairseq-train"), str(vl_data), "--user-dir", USER_DIR, *args,
                     "--arch", "narvl_tiny", "--num-queries", str(QUERIES[vl_task]), "--criterion", "query_ctc",
-                    "--optimizer", "adam", "--lr", "2e-3", "--batch-size", "32", "--max-update", "200",
+                    "--optimizer", "adam", "--lr", "2e-3", "--batch-size", "32", "--max-update", str(UPDATES[vl_task]),
                     "--save-dir", str(tmp_path), "--num-workers", "0", "--disable-validation",
                     "--no-epoch-checkpoints", "--no-progress-bar", "--seed", "1"], env=env)
     gen = tmp_path / "gen.txt"

@@ -330,7 +330,6 @@ class LossStubRDT(torch.nn.Module):
         self.logits = torch.zeros(2, seq_len, vocab, requires_grad=True)
 
     fixed_length = RDTModel.fixed_length
-    fill_slots = RDTModel.fill_slots
     sentence_mask = RDTModel.sentence_mask
     to_bits = RDTModel.to_bits
 

@@ -17,12 +17,18 @@ The feature dim expected of every item is the model's when given, else the one m
 items share (``majority_shape``; ``peek_shape`` too), so an odd item is named even when
 it is the file's first key.  Key templates need exactly one placeholder
 (``check_key_template``).  A truncated file or array is one error naming it.  Every
-error names the file and the item.
+error names the file and the item.  At exit, fairseq's batch-prefetching threads are
+stopped and every open HDF5 file closed before the interpreter tears down
+(``close_all_hdf5``): a prefetch thread killed mid-read would hang or abort the process.
 """
 from __future__ import annotations
 
 import atexit
 import os
+import queue
+import sys
+import threading
+import time
 import weakref
 from typing import Iterable, List, Optional, Sequence, Tuple
 
@@ -213,14 +219,47 @@ class FeatureStore:
 _OPEN_HDF5: "weakref.WeakSet[HDF5FeatureStore]" = weakref.WeakSet()
 
 
+def stop_background_loaders(timeout: float = 30.0) -> None:
+    """Stop fairseq's batch-prefetching threads before the interpreter finalises.
+
+    fairseq wraps every epoch's batches in ``BufferedIterator`` (``--data-buffer-size``, 10 by
+    default), whose daemon ``BackgroundConsumer`` thread loads batches ahead, through our
+    datasets.  Still running at exit, the thread is killed mid-batch when finalisation starts:
+    inside an HDF5 read it takes h5py's global lock with it and the main thread then waits forever
+    for that lock in an h5py destructor; inside torch's C++ code the kill aborts the process
+    (``terminate called without an active exception``, exit -6 after a finished run).
+
+    Each live consumer is told to stop after the batch it is loading (its ``run`` breaks once
+    ``count >= _max_len``) and its queue is drained so that the last ``put`` cannot block; one
+    that has not ended after ``timeout`` seconds is left as it is."""
+    iterators = sys.modules.get("fairseq.data.iterators")
+    consumer_type = getattr(iterators, "BackgroundConsumer", None)
+    if consumer_type is None:
+        return
+    deadline = time.monotonic() + timeout
+    for thread in threading.enumerate():
+        if not isinstance(thread, consumer_type) or not thread.is_alive():
+            continue
+        thread._max_len = 0
+        while thread.is_alive() and time.monotonic() < deadline:
+            try:
+                while True:
+                    thread._queue.get_nowait()
+            except queue.Empty:
+                pass
+            thread.join(0.05)
+
+
 @atexit.register
 def close_all_hdf5() -> None:
-    """Close every HDF5 file a store opened, while the interpreter is still whole.
+    """Close every HDF5 file a store opened, while the interpreter is still whole, after
+    stopping the threads that may be reading them (``stop_background_loaders``).
 
-    Left to interpreter finalisation, h5py's object destructors (``PropID.__dealloc__``)
-    can wait forever on h5py's global lock once other modules are torn down: a finished
-    ``fairseq-train`` then hangs at exit with every thread in a futex wait (seen with
-    h5py 3.16 / HDF5 2.0).  atexit runs before that teardown."""
+    Left to interpreter finalisation, h5py's object destructors take h5py's global lock; a
+    prefetch thread killed while holding it leaves a finished ``fairseq-train`` hanging at exit
+    (main thread in ``h5py._objects.ObjectID.__dealloc__``, waiting on that lock).  atexit runs
+    before that teardown."""
+    stop_background_loaders()
     for store in list(_OPEN_HDF5):
         store.close()
 

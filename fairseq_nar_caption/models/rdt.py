@@ -78,6 +78,14 @@ def forward_noise(x0: Tensor, t: Tensor, schedule: str, noise: Optional[Tensor] 
     return a.view(-1, 1, 1) * x0 + s.view(-1, 1, 1) * eps, gamma
 
 
+def fill_slots(tokens: Tensor, pad: int, eos: int, length: int) -> Tensor:
+    """B x T tokens (pad after </s>) → B x ``length``: pad → </s>, cut to ``length``, filled with </s>."""
+    out = tokens.masked_fill(tokens.eq(pad), eos)[:, :length]
+    if out.size(1) < length:
+        out = torch.cat([out, out.new_full((out.size(0), length - out.size(1)), eos)], dim=1)
+    return out
+
+
 @dataclass
 class RDTConfig(CaptionModelConfig):
     """Defaults = the paper's settings (Section IV-A), ``--arch rdt``: 3 RVE layers, 3 ST + 3 SD
@@ -312,14 +320,11 @@ class RDTModel(CaptionEncoderDecoderModel):
             name = item_ids[i] if item_ids is not None else i
             raise DataError(f"{what} of item {name}: {int(n[i])} tokens (words + </s>) do not fit "
                             f"--seq-len {self.seq_len}: raise --seq-len or drop longer captions")
-        return self.fill_slots(tokens)
+        return fill_slots(tokens, self.pad, self.eos, self.seq_len)
 
     def fill_slots(self, tokens: Tensor) -> Tensor:
         """B x T tokens (pad after </s>) → B x L: pad → </s>, cut to L, filled with </s> up to L."""
-        out = tokens.masked_fill(tokens.eq(self.pad), self.eos)[:, : self.seq_len]
-        if out.size(1) < self.seq_len:
-            out = torch.cat([out, out.new_full((out.size(0), self.seq_len - out.size(1)), self.eos)], dim=1)
-        return out
+        return fill_slots(tokens, self.pad, self.eos, self.seq_len)
 
     def sentence_mask(self, fixed: Tensor) -> Tensor:
         """Slots up to and including the first </s> (B x L bool)."""
