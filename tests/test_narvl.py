@@ -459,3 +459,92 @@ def test_tiny_narvl_beats_trivial_baselines_on_grounding_and_entailment(vl_data,
         margin = 0.05
     print(f"toy {vl_task}: {score:.3f} vs trivial baseline {base:.3f}")
     assert score > base + margin, (score, base)
+
+
+# ----------------------------------------------------------------------------- SCST on the caption task
+def _uneven_caption_split(vl_data, name):
+    """caption_<name>.tsv: the training rows (one per caption) of the first 40 images, every row of the
+    first 10 and one row of each other: images with different numbers of rows."""
+    rows = [ln.split("\t") for ln in open(vl_data / "caption_train.tsv").read().splitlines()]
+    images = list(dict.fromkeys(r[1] for r in rows))[:40]
+    kept, seen = [], set()
+    for r in rows:
+        if r[1] in images and (images.index(r[1]) < 10 or r[1] not in seen):
+            kept.append(r)
+            seen.add(r[1])
+    (vl_data / f"caption_{name}.tsv").write_text("".join("\t".join(r) + "\n" for r in kept))
+    refs = {}
+    for r in kept:
+        refs.setdefault(r[1], []).append(r[2])
+    return kept, refs
+
+
+def test_caption_task_gives_scst_every_caption_of_the_image_counted_once(vl_data):
+    """The reward's references of a training row are all captions of its image; with the rows of 40
+    images (10 with all their rows, 30 with one) the reward equals pycocoevalcap's per-item CIDEr-D over
+    one document per image — not the document frequencies of one per row."""
+    import numpy as np
+    from pycocoevalcap.cider.cider import Cider
+
+    from fairseq_nar_caption.criterions.self_critical import CaptionReward
+    from fairseq_nar_caption.evaluation.coco_metrics import CorpusCiderD
+
+    kept, by_image = _uneven_caption_split(vl_data, "train_uneven")
+    try:
+        task = make_task(vl_data, "caption")
+        refs = task.reward_references("train_uneven")
+        assert {u: refs[u] for u in refs} == {r[0]: by_image[r[1]] for r in kept}
+        assert len({id(v) for v in refs.values()}) == len(by_image) == 40  # one shared list per image
+        assert max(len(v) for v in by_image.values()) > 1 == min(len(v) for v in by_image.values())
+        reward = CaptionReward(task, "train_uneven")
+        rng = np.random.default_rng(2)
+        words = sorted({w for v in by_image.values() for c in v for w in c.split()})
+        hyps = {img: v[0] if k % 2 else " ".join(rng.choice(words, size=5)) for k, (img, v) in enumerate(by_image.items())}
+        first_row = {r[1]: r[0] for r in reversed(kept)}
+        ours = reward(list(hyps.values()), [first_row[i] for i in hyps])
+        _, theirs = Cider().compute_score(by_image, {i: [h] for i, h in hyps.items()})
+        assert ours == pytest.approx(np.asarray(theirs), rel=1e-9, abs=1e-12)
+        per_row = CorpusCiderD([by_image[r[1]] for r in kept]).scores(list(hyps.values()), list(by_image.values()))
+        assert not np.allclose(per_row, ours)  # a document per row would weigh the 10 full images more
+    finally:
+        os.unlink(vl_data / "caption_train_uneven.tsv")
+
+
+def test_eval_cider_and_scst_outside_the_caption_task_are_refused(vl_data):
+    from fairseq_nar_caption.errors import OptionError
+
+    with pytest.raises(OptionError, match="self-critical training scores captions against references: --vl-task "
+                                          "caption \\(this task is --vl-task vqa\\)"):
+        make_task(vl_data, "vqa").reward_references("train")
+    cfg = VisionLanguageConfig(data=str(vl_data), vl_task="grounding", image_dir="../toy/images/pixels",
+                               patch_image_size=96, num_bins=BINS, eval_cider=True)
+    with pytest.raises(OptionError, match="--eval-cider scores captions .* --vl-task grounding"):
+        VisionLanguageTask.setup_task(cfg)
+
+
+def test_scst_fine_tunes_narvl_and_its_ar_counterpart_on_the_caption_task(vl_data, tmp_path):
+    """Through fairseq-train: Query-CTC then SCST (alignments sampled per query) for NARVL, cross-entropy
+    then SCST (fairseq's sampling) for the AR counterpart; each SCST stage logs its reward, validates by
+    the caption task's CIDEr-D and moves the weights."""
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    args = ["--task", "vision_language", "--vl-task", "caption", "--image-dir", "../toy/images/pixels",
+            "--patch-image-size", "96", "--num-bins", str(BINS), "--cpu", "--optimizer", "adam", "--batch-size", "16",
+            "--num-workers", "0", "--valid-subset", "val", "--no-epoch-checkpoints", "--no-progress-bar", "--seed", "1"]
+    for arch, model, xe in (("narvl_tiny", ["--num-queries", "24", "--generator", "ctc"], "query_ctc"),
+                            ("narvl_ar_tiny", [], "label_smoothed_cross_entropy")):
+        stage1 = tmp_path / arch / "xe"
+        run_cli([os.path.join(BIN, "fairseq-train"), str(vl_data), "--user-dir", USER_DIR, *args, "--arch", arch,
+                 *model, "--criterion", xe, "--lr", "2e-3", "--max-update", "20", "--disable-validation",
+                 "--save-dir", str(stage1)], env=env)
+        stage2 = tmp_path / arch / "scst"
+        out = run_cli([os.path.join(BIN, "fairseq-train"), str(vl_data), "--user-dir", USER_DIR, *args, "--arch", arch,
+                       *model, "--criterion", "scst", "--num-samples", "2", "--lr", "1e-4", "--max-update", "3",
+                       "--finetune-from-model", str(stage1 / "checkpoint_last.pt"), "--eval-cider",
+                       "--eval-cider-args", '{"max_len_b": 12}', "--best-checkpoint-metric", "cider",
+                       "--maximize-best-checkpoint-metric", "--log-interval", "1", "--log-format", "simple",
+                       "--save-dir", str(stage2)], env=env)
+        log = out.stdout + out.stderr
+        assert "reward" in log and "| cider " in log, log[-2000:]
+        before = torch.load(stage1 / "checkpoint_last.pt", weights_only=True)["model"]
+        after = torch.load(stage2 / "checkpoint_last.pt", weights_only=True)["model"]
+        assert any(not torch.equal(before[k], after[k]) for k in before)

@@ -4,7 +4,7 @@ The loss is ``self_critical``'s: −(1/K) Σ_k (r(w^k) − b_k)·log p_θ(w^k) w
 image, CIDEr-D rewards and the greedy or mean-of-samples baseline.  What differs between paradigms
 is how a caption is sampled and what log p_θ(w) is; the estimator is chosen by the model:
 
-- **AR** (``ar_caption``, also SAIC's AR teacher; ``narvl_ar`` once its task gives the reward references): K captions per image from fairseq's
+- **AR** (``ar_caption``, also SAIC's AR teacher; ``narvl_ar`` on ``--vl-task caption``): K captions per image from fairseq's
   sampling (``SequenceGenerator`` with ``search.Sampling``, the task's generation options:
   ``--eval-cider-args`` caps the samples as the validation decode), the vocabulary rule of every
   generator (``banned_symbols``); log p_θ(w) = Σ_t log p(w_t | w_<t, I) from a teacher-forced pass

@@ -66,8 +66,10 @@ class CaptionReward:
 
     def _load(self):
         if self._refs is None:
-            self._refs = {str(k): list(v) for k, v in self.task.reward_references(self.split).items()}
-            self._cider = CorpusCiderD(list(self._refs.values()))
+            given = self.task.reward_references(self.split)
+            documents = {id(v): list(v) for v in given.values()}  # items sharing one list: one image, counted once
+            self._refs = {str(k): documents[id(v)] for k, v in given.items()}
+            self._cider = CorpusCiderD(list(documents.values()))
 
     def references(self, item_ids: Sequence) -> List[List[str]]:
         self._load()

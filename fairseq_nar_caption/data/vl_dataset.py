@@ -228,15 +228,18 @@ class VLDataset(SourceTargetSizes, FairseqDataset):
     def __getitem__(self, index):
         r = self.rows[index]
         img = self.images.open(r.image, self.where(index))
-        return {"id": index, "item_id": r.uniq_id, "source": self.sources[index], "target": self.targets[index],
+        item = {"id": index, "item_id": r.uniq_id, "source": self.sources[index], "target": self.targets[index],
                 "image": self.images.tensor(img)}
+        if r.references is not None:  # caption rows: every reference, for --eval-cider
+            item["references"] = r.references
+        return item
 
     def collater(self, samples):
         if not samples:
             return {}
         pad, eos = self.dictionary.pad(), self.dictionary.eos()
         targets = [s["target"] for s in samples]
-        return {
+        batch = {
             "id": torch.LongTensor([s["id"] for s in samples]),
             "item_ids": [s["item_id"] for s in samples],
             "nsentences": len(samples),
@@ -250,6 +253,9 @@ class VLDataset(SourceTargetSizes, FairseqDataset):
             },
             "target": data_utils.collate_tokens(targets, pad, eos, left_pad=False),
         }
+        if all("references" in s for s in samples):
+            batch["references"] = [s["references"] for s in samples]
+        return batch
 
     def ordered_indices(self):
         if self.shuffle:

@@ -175,7 +175,9 @@ class CaptionTaskBase(FairseqTask):
         raise NotImplementedError
 
     def reward_references(self, split: str) -> dict:
-        """item id → the reference captions of ``split``, the SCST reward's (criterions/self_critical.py)."""
+        """item id → the reference captions of ``split``, the SCST reward's (criterions/self_critical.py).
+        Items of one image may share one list object: the reward counts it once in CIDEr-D's document
+        frequencies."""
         raise OptionError(f"self-critical training needs a split's reference captions by item; the "
                           f"{type(self).__name__} does not provide them (the captioning task does)")
 

@@ -19,7 +19,8 @@ between repeats (``models.narvl.ctc_min_positions``): otherwise loading stops na
 
 Evaluation (``benchmark_scores``): caption → COCO metrics (``evaluation/coco_metrics``),
 VQA → soft accuracy, grounding → Acc@IoU≥0.5, entailment → accuracy (the latter three
-from ``evaluation/vl_metrics.py``).
+from ``evaluation/vl_metrics.py``).  ``--vl-task caption`` also validates by decoding (``--eval-cider``)
+and gives the SCST reward its references (``reward_references``: every caption of the row's image).
 """
 import logging
 import os
@@ -33,17 +34,17 @@ from fairseq.dataclass import ChoiceEnum
 from fairseq.tasks import register_task
 from omegaconf import II, MISSING
 
-from ..errors import DataError
+from ..errors import DataError, OptionError
 from ..data.vl_dataset import ImageLoader, VLDataset, read_vl_tsv
 from ..generators import DecodingConfig, GeneratorContext
-from .base import CaptionTaskBase, check_ranges, load_dictionary_with
+from .base import CaptionTaskBase, EvalCiderConfig, check_ranges, load_dictionary_with
 
 logger = logging.getLogger(__name__)
 BIN_RE = re.compile(r"<bin_(\d+)>")
 
 
 @dataclass
-class VisionLanguageConfig(DecodingConfig):
+class VisionLanguageConfig(EvalCiderConfig, DecodingConfig):
     data: str = field(default=MISSING, metadata={"help": "folder with dict.txt, spm.model and <vl-task>_<split>.tsv"})
     vl_task: ChoiceEnum(["caption", "vqa", "grounding", "entailment"]) = field(
         default="caption", metadata={"help": "which of the four vision-language tasks"})
@@ -74,6 +75,8 @@ class VisionLanguageTask(CaptionTaskBase):
         if image_dir and not os.path.isdir(image_dir):
             raise DataError(f"--image-dir {image_dir}: not a folder")
         self.images = ImageLoader(image_dir, cfg.patch_image_size)
+        if getattr(cfg, "eval_cider", False):
+            self._captions_only("--eval-cider")
 
     @classmethod
     def load_dictionary(cls, path, num_bins: int = 1000):
@@ -130,6 +133,33 @@ class VisionLanguageTask(CaptionTaskBase):
 
     def training_targets(self, dataset):
         return dataset.targets, dataset.where
+
+    def _captions_only(self, what: str) -> None:
+        if self.cfg.vl_task != "caption":
+            raise OptionError(f"{what} scores captions against references: --vl-task caption (this task is "
+                              f"--vl-task {self.cfg.vl_task})")
+
+    def split_references(self, dataset: VLDataset) -> dict:
+        """uniq id → the reference captions of an evaluation split's row (``--eval-cider``)."""
+        self._captions_only("--eval-cider")
+        return {r.uniq_id: r.references for r in dataset.rows}
+
+    def reward_references(self, split: str) -> dict:
+        """uniq id → every human caption of its image in ``caption_<split>.tsv`` (the SCST reward's
+        references).  OFA's training layout has one row per caption (or one per image, captions joined
+        by ``&&``): the rows of one image id share one list, which the reward counts once in CIDEr-D's
+        document frequencies (``criterions/self_critical.py``)."""
+        self._captions_only("self-critical training")
+        ds = self.datasets.get(split)
+        rows = ds.rows if isinstance(ds, VLDataset) else read_vl_tsv(self.split_path(split), "caption", True)
+        by_image: Dict[str, List[str]] = {}
+        seen = set()
+        for r in rows:
+            refs = by_image.setdefault(r.image_id, [])
+            if (r.image_id, tuple(r.references)) not in seen:  # a row repeating its image's && list adds nothing
+                seen.add((r.image_id, tuple(r.references)))
+                refs.extend(r.references)
+        return {r.uniq_id: by_image[r.image_id] for r in rows}
 
     def generator_context(self) -> GeneratorContext:
         ctx = super().generator_context()
