@@ -170,12 +170,37 @@ def test_read_only_and_full_file_systems(long_job, tmpfs):
 
 
 # --------------------------------------------------------------------------- interrupts
-def _interrupt(cmd, sig, after, **kw):
+def _open_files(pid):
+    """Paths of the files open in process ``pid`` and its descendants (Linux /proc)."""
+    paths, todo = set(), [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            for fd in os.listdir(f"/proc/{p}/fd"):
+                paths.add(os.readlink(f"/proc/{p}/fd/{fd}"))
+            for task in os.listdir(f"/proc/{p}/task"):
+                with open(f"/proc/{p}/task/{task}/children") as f:
+                    todo += [int(c) for c in f.read().split()]
+        except (FileNotFoundError, ProcessLookupError, PermissionError):
+            pass  # a process or descriptor that ended meanwhile
+    return paths
+
+
+def _interrupt(cmd, sig, data, **kw):
+    """Run ``cmd``; once it reads ``data``'s features (past start-up, inside the decoding: not after a
+    fixed time, which a loaded machine can spend importing) send ``sig``."""
     # SIGINT as a terminal delivers it: a child of a background job inherits SIGINT ignored, and Python
     # then installs no KeyboardInterrupt handler (a user's Ctrl-C never reaches such a process)
     proc = subprocess.Popen([str(c) for c in cmd], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env=ONE_THREAD, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL), **kw)
-    time.sleep(after)
+    features, deadline = os.path.realpath(os.path.join(data, "features.h5")), time.time() + 300
+    while features not in _open_files(proc.pid):
+        assert proc.poll() is None, "finished before it read its features"
+        if time.time() > deadline:
+            proc.kill()
+            pytest.fail(f"did not open {features} within 300 s: {' '.join(map(str, cmd))}")
+        time.sleep(0.2)
+    time.sleep(1)
     assert proc.poll() is None, "finished before the signal: make the job longer"
     proc.send_signal(sig)
     out, err = proc.communicate(timeout=120)
@@ -187,7 +212,7 @@ def _interrupt(cmd, sig, after, **kw):
 def test_distill_interrupted_leaves_nothing(long_job, sig, status, word):
     data, ckpt = long_job
     before = digests(data, ckpt)
-    p = _interrupt([DISTILL, data, "--path", ckpt, "--batch-size", "1", "--beam", "1"], sig, after=8)
+    p = _interrupt([DISTILL, data, "--path", ckpt, "--batch-size", "1", "--beam", "1"], sig, data)
     assert_one_line(p, "nar-caption-distill", word, status=status)
     assert not os.path.exists(os.path.join(data, "train_distill.tsv")) and not leftovers(data)
     assert digests(data, ckpt) == before
@@ -200,7 +225,7 @@ def test_generate_interrupted_leaves_no_partial_results_file(long_job, tmp_path)
            "--path", ckpt, "--gen-subset", "train", "--batch-size", "1", "--beam", "1", "--cpu",
            "--results-path", results]
     before = digests(data, ckpt)
-    p = _interrupt(cmd, signal.SIGINT, after=8)
+    p = _interrupt(cmd, signal.SIGINT, data)
     line = assert_one_line(p, "fairseq-generate", "interrupted (Ctrl-C)", status=130)
     assert not (results / "generate-train.txt").exists(), line
     assert digests(data, ckpt) == before
