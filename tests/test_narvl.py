@@ -493,7 +493,7 @@ def test_caption_task_gives_scst_every_caption_of_the_image_counted_once(vl_data
     try:
         task = make_task(vl_data, "caption")
         refs = task.reward_references("train_uneven")
-        assert {u: refs[u] for u in refs} == {r[0]: by_image[r[1]] for r in kept}
+        assert refs == {r[0]: by_image[r[1]] for r in kept}
         assert len({id(v) for v in refs.values()}) == len(by_image) == 40  # one shared list per image
         assert max(len(v) for v in by_image.values()) > 1 == min(len(v) for v in by_image.values())
         reward = CaptionReward(task, "train_uneven")
