@@ -159,6 +159,17 @@ def test_reward_refuses_an_item_without_references(data):
 
 # ----------------------------------------------------------------------------- the estimators
 
+def rewarded(monkeypatch, task, model, sample, k, seed):
+    """The captions ``scst`` (K = ``k``, mean baseline) rewards in one training step from ``seed``."""
+    seen = []
+    real = CaptionReward.__call__
+    monkeypatch.setattr(CaptionReward, "__call__", lambda self, c, i: seen.append(list(c)) or real(self, c, i))
+    model.train()
+    torch.manual_seed(seed)
+    SCSTCriterion(task, k, "mean", "train")(model, sample)
+    return seen[0]
+
+
 def test_ar_sampling_is_seeded_and_its_log_prob_is_the_sampled_distribution(data):
     """Same seed, same samples; log p of each sample = Σ_t of the step-by-step distribution
     (a full recompute per prefix, banned symbols and <pad> at −∞, no </s> first, renormalised)."""
@@ -223,14 +234,8 @@ def test_ctc_samples_collapse_to_the_captions_rewarded(data, monkeypatch):
     logp.sum().backward()
     assert all(p.grad is not None for p in model.decoder.parameters() if p.requires_grad)
     # the criterion rewards exactly these collapsed captions
-    seen = []
-    real = CaptionReward.__call__
-    monkeypatch.setattr(CaptionReward, "__call__", lambda self, c, i: seen.append(list(c)) or real(self, c, i))
-    crit = SCSTCriterion(task, 5, "mean", "train")
-    model.train()
-    torch.manual_seed(2)
-    crit(model, sample)
-    assert seen[0] == [task.target_dictionary.string(torch.tensor(r)) for r in collapse(a.reshape(15, 8), blank)]
+    assert rewarded(monkeypatch, task, model, sample, 5, seed=2) == [
+        task.target_dictionary.string(torch.tensor(r)) for r in collapse(a.reshape(15, 8), blank)]
 
 
 def test_masked_lm_log_prob_is_the_length_and_the_words(data):
@@ -295,8 +300,74 @@ def test_dag_samples_are_paths_and_their_log_prob_is_the_path_and_its_tokens(dat
     assert [g.tolist() for g in est.greedy(model, sample)] == expected
 
 
-def test_scst_refusals_name_the_fix(data):
+def test_outline_fill_samples_are_outlines_filled_and_their_log_prob_is_eq10s_two_terms(data, monkeypatch):
+    """SAIC (k = 2): every draw is a sampled outline at the heads and sampled words at the Filler's
+    slots; log p = Σ of the Outliner's step-by-step distribution over the heads (a full recompute per
+    prefix, banned symbols and <pad> at −∞, no </s> first) + Σ of the Filler's log-probabilities over
+    every slot (banned symbols at −∞, </s> allowed), row by row; the caption rewarded is the filled
+    sequence up to its first </s>; same seed, same draws; greedy = outline-fill (1, 1)."""
+    from fairseq_nar_caption.criterions.scst import OutlineFillSampling
     from fairseq_nar_caption.models.saic import SAICConfig
+
+    root, _ = data
+    task = make_task(root, generator="outline-fill", eval_cider_args='{"max_len_b": 7}')
+    model = make_model(task, SAICConfig, "saic", group_size=2).eval()
+    sample = batch(task, 3)
+    est = OutlineFillSampling(task)
+    d = task.target_dictionary
+    torch.manual_seed(7)
+    heads, filled, logp = est.sample(model, sample, 4)
+    torch.manual_seed(7)
+    rows, lp = est.draw(model, sample, 4)
+    assert lp.shape == (4, 3) and lp.requires_grad
+    assert lp.detach().view(-1).tolist() == pytest.approx(logp.detach().tolist(), abs=1e-5)
+    torch.manual_seed(8)
+    other, _ = est.draw(model, sample, 4)
+    assert [r.tolist() for r in rows] != [r.tolist() for r in other]
+    never_out = sorted(set(est.banned) - {d.eos()} | {d.pad()})
+    enc = model.forward_encoder(sample["net_input"])
+    lengths = set()
+    for r in range(12):
+        b = r % 3
+        h = heads[r][heads[r].ne(d.pad())]
+        f = filled[r][filled[r].ne(d.pad())]
+        assert h[-1] == d.eos() and d.eos() not in h[:-1].tolist() and len(h) <= 5  # ⌈7 / 2⌉ words + </s>
+        assert len(f) == (len(h) - 1) * 2 + 1 and f[::2].tolist() == h.tolist()  # the outline at the heads
+        one = model.encoder.reorder_encoder_out(enc, torch.tensor([b]))
+        expected = 0.0
+        for i in range(len(h)):
+            prev = torch.cat([torch.tensor([d.eos()]), h[:i]]).unsqueeze(0)
+            logits = model.forward_outliner(prev, one)[0, -1].detach().double()
+            logits[never_out] = -math.inf
+            if i == 0:
+                logits[d.eos()] = -math.inf
+            expected += float(torch.log_softmax(logits, -1)[h[i]])
+        masked = f.clone()
+        masked[1::2] = d.index("<mask>")  # the Filler's input: the outline, <mask> at its slots
+        fill = model.forward_filler(masked.unsqueeze(0), one)[0].detach().double()
+        fill[:, est.banned] = -math.inf
+        fill = torch.log_softmax(fill, -1)
+        expected += sum(float(fill[p, f[p]]) for p in range(1, len(f), 2))
+        assert float(logp[r].detach()) == pytest.approx(expected, abs=1e-4)
+        first = f.tolist().index(d.eos())
+        assert rows[r].tolist() == f[:first].tolist()
+        assert not set(rows[r].tolist()) & set(est.banned)
+        lengths.add(len(rows[r]))
+    assert len(lengths) > 1  # the captions' lengths are drawn, not fixed
+    logp.sum().backward()  # through the Outliner and the Filler (one decoder) and the encoder
+    assert model.decoder.output_projection.weight.grad.abs().sum() > 0
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.encoder.parameters())
+    # greedy = the outline-fill generator with M_out = M_fill = 1
+    gen = make_task(root, generator="outline-fill", outline_beam=1, fill_beam=1, eval_cider_args='{"max_len_b": 7}')
+    gen = gen.build_generator([model], gen.eval_generation_args())
+    expected = [h[0]["tokens"].tolist() for h in gen.generate([model], sample)]
+    assert [g.tolist() for g in est.greedy(model, sample)] == expected
+    # the criterion rewards exactly these captions
+    assert rewarded(monkeypatch, task, model, sample, 4, seed=7) == [d.string(r) for r in rows]
+
+
+def test_scst_refusals_name_the_fix(data):
+    from fairseq_nar_caption.models.rdt import RDTConfig
 
     root, _ = data
     task = make_task(root)
@@ -307,10 +378,11 @@ def test_scst_refusals_name_the_fix(data):
     no_eval = CaptioningTask.setup_task(CaptioningConfig(data=str(root)))
     with pytest.raises(DataError, match="scst validates by decoding: set --eval-cider"):
         SCSTCriterion(no_eval, 5, "mean", "train")
-    saic = make_model(make_task(root, generator="outline-fill"), SAICConfig, "saic")
+    rdt = make_model(make_task(root, generator="diffusion"), RDTConfig, "rdt", seq_len=8)
     crit = SCSTCriterion(task, 2, "mean", "train")
-    with pytest.raises(OptionError, match=r"no sampler for SAICModel \(saic\); it trains ar_caption, dag_caption"):
-        crit(saic.train(), batch(task, 2))
+    with pytest.raises(OptionError, match=r"no sampler for RDTModel \(rdt\); it trains ar_caption, dag_caption.*"
+                                          r"saic \(RDT: --criterion rdt_scst\)"):
+        crit(rdt.train(), batch(task, 2))
 
 
 def test_without_dropout_restores_the_mode(data):

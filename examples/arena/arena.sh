@@ -32,7 +32,7 @@
 #                    NACF_POSITIONS= is fairseq's AR convention, under which an all-<mask> input collapses
 #   NAR=0            stop after steps 1-3 (teacher, distillation, retrieval file)
 #   SHALLOW=0        no shallow-decoder AR model and none of its rows (the teacher then trains with AR_THREADS, 2)
-#   SCST=1           a second stage for the AR model and every NAR model but SAIC's: self-critical sequence training
+#   SCST=1           a second stage for the AR model and every NAR model: self-critical sequence training
 #                    (CIDEr-D reward; SCST_UPDATES, default NAR_UPDATES, at SCST_LR 5e-5, SCST_SAMPLES 5 per image,
 #                    SCST_BASELINE mean); its rows are named after their cross-entropy rows + " + SCST"
 # Every NAR model is validated by decoding (--eval-cider: CIDEr-D of the generator its main row uses, on
@@ -149,8 +149,8 @@ else  # ... and on the raw captions (DA-Transformer's claim: it needs no distill
 fi
 
 # 4b. SCST=1: the second training stage, self-critical sequence training (recipe.sh: SCST_FLAGS; RDT: its guided
-#     variant), for the AR model and every NAR model but SAIC's, each from its best checkpoint, on the distilled
-#     split's images (one row per image: the reward's references are the training split's human captions)
+#     variant), for the AR model and every NAR model, each from its best checkpoint, on the distilled split's
+#     images (one row per image: the reward's references are the training split's human captions)
 if [ "$SCST" = 1 ]; then
   FT() { echo "--finetune-from-model $RUN/$1/checkpoint_best.pt $DIS"; }
   train ar_scst --arch ar_caption $SIZE $SCST_FLAGS --eval-cider-args '{"beam":1,"max_len_b":30}' $(FT ar) & P1=$!
@@ -159,7 +159,9 @@ if [ "$SCST" = 1 ]; then
   train narvl_scst $NARVL_MODEL $SCST_FLAGS $(FT narvl) & P1=$!
   train rdt_scst $RDT_MODEL $RDT_SCST_FLAGS --hybrid-distill-split "$KD" $(FT rdt) & P2=$!
   both $P1 $P2
-  train dag_scst $DAG_MODEL $SCST_FLAGS $(FT dag)
+  train dag_scst $DAG_MODEL $SCST_FLAGS $(FT dag) & P1=$!
+  train saic_scst $SAIC_MODEL --group-size "$SAIC_K" $SCST_FLAGS $(FT saic) & P2=$!
+  both $P1 $P2
 fi
 
 # 5. the AR models' decoding chosen on the val split (choose, above; skipped when made); a choice other than
@@ -215,6 +217,7 @@ if [ "$SCST" = 1 ]; then  # the CIDEr-optimised rows: each named after its cross
   A2="--path $RUN/ar_scst/checkpoint_best.pt --max-len-b 30 $FEATS"
   ROW+=(--row "AR beam 5 + SCST=$A2 --beam 5" --row "AR greedy + SCST=$A2 --beam 1"
         --row "NACF CT-MP T=2 B=3 + SCST=--path $RUN/nacf_scst/checkpoint_best.pt $FEATS --generator ct-mp --nar-iterations 2 --length-beam 3"
+        --row "SAIC k=$SAIC_K (1,1) + SCST=--path $RUN/saic_scst/checkpoint_best.pt --max-len-b 30 $FEATS --generator outline-fill --outline-beam 1 --fill-beam 1"
         --row "NARVL CTC + SCST=--path $RUN/narvl_scst/checkpoint_best.pt $FEATS --generator ctc"
         --row "RDT T=10 + SCST=--path $RUN/rdt_scst/checkpoint_best.pt --retrieval-file $RET $FEATS --generator diffusion --diffusion-eos-fallback --diffusion-steps 10"
         --row "DAG lookahead + SCST=--path $RUN/dag_scst/checkpoint_best.pt $FEATS --generator dag --dag-decode lookahead")

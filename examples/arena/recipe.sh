@@ -46,7 +46,7 @@ RDT_FLAGS="$RDT_MODEL $RDT_CONDITION_TRAIN --criterion rdt_loss $OPT --lr 1e-3 -
 # DAG (DA-Transformer for captions): L = 2 x 32 graph vertices, from the AR weights; validated by lookahead
 DAG_MODEL="--arch dag_caption $SIZE --graph-ratio 2 --generator dag --dag-decode lookahead"
 DAG_FLAGS="$DAG_MODEL --init-from-ar $AR --criterion dag_loss $NAR_OPT"
-# SCST (self-critical sequence training, the second stage of any row but SAIC's): from a first-stage checkpoint,
+# SCST (self-critical sequence training, the second stage of any row): from a first-stage checkpoint,
 # K = SCST_SAMPLES sampled captions per image, the mean-of-samples baseline, CIDEr-D against the training
 # split's references; SCST_UPDATES updates at the constant rate SCST_LR; RDT: its guided variant (rdt_scst)
 SCST_OPT="$ADAM $CLIP --lr ${SCST_LR:-5e-5} --max-update ${SCST_UPDATES:-$NAR_UPDATES} $SELECT

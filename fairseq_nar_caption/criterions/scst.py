@@ -25,6 +25,19 @@ is how a caption is sampled and what log p_θ(w) is; the estimator is chosen by 
   conditionally independent given L, as in counterfactual-critical NAR captioning, Guo et al.,
   IJCAI 2020, which samples all words of a NAR captioner in parallel);
   log p_θ = log p(L) + Σ_i log p(w_i | L, I).  Greedy: the most probable length, argmax words (MP, T = 1).
+- **outline + fill** (``saic``, SAIC's semi-autoregressive decoder): SAIC's own factorisation
+  p(Y | I) = p_out(z | I) · Π_slots p_fill(y_p | z, I) (the two terms Eq. 10 ranks by): an outline
+  z = z_0..z_{m-1}, </s> from the Outliner by fairseq's sampling over the group heads (the
+  ``outline-fill`` generator with ``--sampling``, capped as its validation decode), then one word
+  per Filler slot from the Filler's distribution (the slots are conditionally independent given the
+  outline, as the Filler decodes them in one pass; </s> allowed: it ends the caption inside the last
+  group); the caption is the filled sequence up to its first </s>.  log p_θ = Σ_i log p_out(z_i |
+  z_<i, I) (teacher-forced over the heads, under the generator's rule: banned symbols and <pad> at
+  −∞, no </s> first) + Σ over every slot of log p_fill (also those after the first </s>, as Eq. 10
+  sums them: the filled sequence is the action, the caption a function of it).  SAIC reports no
+  CIDEr optimisation of its own decoder (its AR teacher is SCST-tuned, §3.2); the per-slot sampling
+  is the masked-LM estimator's (Guo et al., IJCAI 2020) applied to the Filler.
+  Greedy: ``outline-fill`` with M_out = M_fill = 1.
 - **DAG** (``dag_caption``): DA-Transformer's generative process itself (Huang et al., ICML 2022:
   P(Y, A | X) = P(A | X)·P(Y | A, X)): a path A from the first vertex to the last, one transition at
   a time from the transition distribution, then one token at every visited vertex but the last
@@ -50,7 +63,9 @@ from torch import Tensor
 from ..errors import OptionError
 from ..generators.base import banned_symbols
 from ..generators.ctc import collapse
+from ..generators.outline_fill import OutlineFillGenerator, OutlineFillOptions
 from ..generators.registry import registered_model_names, spec_of
+from ..models.saic import filler_layout, filler_slots
 from .self_critical import SelfCriticalConfig, SelfCriticalCriterion
 
 
@@ -211,6 +226,65 @@ class MaskedLMSampling(Estimator):
         return [w[v].cpu() for w, v in zip(lprobs.argmax(-1), valid)]
 
 
+class OutlineFillSampling(Estimator):
+
+    def __init__(self, task):
+        super().__init__(task)
+        self.mask = task.target_dictionary.index("<mask>")
+        self.outline_never = sorted(set(self.banned) - {self.eos} | {self.pad})
+        self._generators = {}
+
+    def _generator(self, model, beam: int, sampling: bool) -> OutlineFillGenerator:
+        key = (id(model), beam, sampling)
+        if key not in self._generators:
+            args = self.task.eval_generation_args(sampling=sampling, sampling_topk=-1, sampling_topp=-1.0,
+                                                  temperature=1.0)
+            self._generators[key] = OutlineFillGenerator(
+                [model], self.task.target_dictionary, OutlineFillOptions(outline_beam=beam, fill_beam=beam), args)
+        return self._generators[key]
+
+    def sample(self, model, sample, k: int) -> Tuple[Tensor, Tensor, Tensor]:
+        """K draws per image (sample-major rows) → (outlines K·B x H: z_0..z_{m-1}, </s>, pad after;
+        filled sequences K·B x ((H − 1)·k + 1): the outline at every k-th position, the sampled words
+        at the Filler's slots, pad after; log p_θ K·B: the outline's and every slot's)."""
+        encoder_out = model.forward_encoder(sample["net_input"])
+        with torch.no_grad():
+            outlines = self._generator(model, k, True).outline(sample, encoder_out)
+        bsz = len(outlines)
+        heads = [outlines[b][j]["tokens"] for j in range(k) for b in range(bsz)]
+        enc = model.encoder.reorder_encoder_out(encoder_out, torch.arange(bsz, device=heads[0].device).repeat(k))
+        target = torch.full((len(heads), max(len(h) for h in heads)), self.pad, dtype=torch.long,
+                            device=heads[0].device)
+        prev = target.clone()
+        for i, h in enumerate(heads):
+            target[i, : len(h)] = h
+            prev[i, 0], prev[i, 1: len(h)] = self.eos, h[:-1]
+        logits = model.forward_outliner(prev, enc).float().clone()
+        logits[..., self.outline_never] = float("-inf")
+        logits[:, 0, self.eos] = float("-inf")  # the generator's min_len 1: no </s> first
+        out_lp = F.log_softmax(logits, -1).gather(-1, target.unsqueeze(-1)).squeeze(-1)
+        logp = out_lp.masked_fill(target.eq(self.pad), 0.0).sum(1)
+        tokens = filler_layout(target, model.group_size, self.mask, self.pad)
+        slots = filler_slots(tokens, model.group_size, self.pad)
+        if slots.any():
+            fill_lp = _ruled(model.forward_filler(tokens, enc), self.banned)  # </s> allowed
+            words = torch.distributions.Categorical(logits=fill_lp).sample()
+            tokens = torch.where(slots, words, tokens)
+            logp = logp + fill_lp.gather(-1, words.unsqueeze(-1)).squeeze(-1).masked_fill(~slots, 0.0).sum(1)
+        return target, tokens, logp
+
+    def caption(self, filled: Tensor) -> Tensor:
+        """A filled sequence's caption: its words up to the first </s>."""
+        return filled[: int(filled.eq(self.eos).nonzero()[0])].cpu()
+
+    def draw(self, model, sample, k):
+        _, filled, logp = self.sample(model, sample, k)
+        return [self.caption(f) for f in filled], logp.view(k, -1)
+
+    def greedy(self, model, sample):
+        return [h[0]["tokens"] for h in self._generator(model, 1, False).generate([model], sample)]
+
+
 class DAGSampling(Estimator):
 
     def __init__(self, task):
@@ -267,6 +341,7 @@ def _estimators():
     table = {name: ARSampling for name in spec_of("sequence").models}
     table.update({name: CTCSampling for name in spec_of("ctc").models})
     table.update({name: MaskedLMSampling for name in spec_of("mp").models})
+    table.update({name: OutlineFillSampling for name in spec_of("outline-fill").models})
     table.update({name: DAGSampling for name in spec_of("dag").models})
     return table
 

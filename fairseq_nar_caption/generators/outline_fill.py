@@ -11,7 +11,8 @@ Per batch:
    loop is k times shorter than AR decoding.  The fairseq-generate options that
    shape a beam search apply to it (``--lenpen``, ``--unnormalized``, ``--unkpen``,
    ``--temperature``, ``--min-len``), and ``--max-len-a/b`` bound the caption words,
-   hence ⌈·/k⌉ outlined words;
+   hence ⌈·/k⌉ outlined words; with ``--sampling`` (``--sampling-topk/topp``) the M_out
+   outlines are sampled (fairseq's ``search.Sampling``) instead of searched;
 3. Filler: the top M_fill outlines of every item (in the beam's order) become
    [z_0, <mask>×(k−1), …, z_{m-1}, <mask>×(k−1), </s>] and one pass replaces every
    <mask> by its most probable word (never a banned symbol, ``base.banned_symbols``; </s>
@@ -32,6 +33,7 @@ from typing import Dict, List
 
 import torch
 import torch.nn.functional as F
+from fairseq import search
 from fairseq.dataclass import FairseqDataclass
 from torch import Tensor
 
@@ -74,13 +76,15 @@ class OutlineFillGenerator(CaptionGenerator):
         self.k = k = self.model.group_size
         self.mask = dictionary.index("<mask>")
         self.ensemble = _GivenEncoderOut([self.model])
+        sampling = getattr(args, "sampling", False)
         self.outliner = RuledSequenceGenerator(
             self.ensemble, dictionary, banned=self.banned, beam_size=self.m_out,
             max_len_a=args.max_len_a / k, max_len_b=math.ceil(args.max_len_b / k), min_len=math.ceil(args.min_len / k),
             # heads at positions 0, k, …, m·k must fit the decoder: at most ⌊(P−1)/k⌋ words + </s>
             max_len=(self.model.decoder.max_positions() - 1) // k + 1,
             normalize_scores=not args.unnormalized, len_penalty=args.lenpen, unk_penalty=args.unkpen,
-            temperature=args.temperature)
+            temperature=args.temperature,
+            search_strategy=search.Sampling(dictionary, args.sampling_topk, args.sampling_topp) if sampling else None)
 
     def outline(self, sample, encoder_out) -> List[List[Dict[str, Tensor]]]:
         """Stage I: fairseq's beam search over the group heads (M_out best per item)."""
