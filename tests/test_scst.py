@@ -385,6 +385,34 @@ def test_scst_refusals_name_the_fix(data):
         crit(rdt.train(), batch(task, 2))
 
 
+def test_validation_decode_reads_a_loaded_splits_references_once(data, monkeypatch):
+    """``--eval-cider`` finds each batch's split among the loaded ones: the split's references are
+    read once per loaded dataset (again after a reload), not once per batch."""
+    from fairseq_nar_caption.models.ar_caption import CaptionModelConfig
+
+    root, _ = data
+    task = make_task(root, eval_cider_args='{"beam": 1, "max_len_b": 6}')
+    task.load_dataset("val")
+    model = make_model(task, CaptionModelConfig, "ar_caption").eval()
+    calls = []
+    real = type(task).split_references
+    monkeypatch.setattr(type(task), "split_references", lambda self, ds: calls.append(ds) or real(self, ds))
+
+    def decode_all():
+        ds = task.dataset("val")
+        n = 0
+        for i in range(0, len(ds), 5):
+            out = task.decode_cider(ds.collater([ds[j] for j in range(i, min(i + 5, len(ds)))]), model)
+            n += out["_cider_n"]
+        return ds, n
+
+    ds, n = decode_all()
+    assert n == len(ds) > 5 and calls == [ds]
+    task.load_dataset("val")
+    again, _ = decode_all()
+    assert again is not ds and calls == [ds, again]
+
+
 def test_without_dropout_restores_the_mode(data):
     from fairseq_nar_caption.models.ar_caption import CaptionModelConfig
 

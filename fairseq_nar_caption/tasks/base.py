@@ -128,14 +128,23 @@ class CaptionTaskBase(FairseqTask):
             self._cider_scorers = {}
         first = sample["item_ids"][0]
         split = next((name for name, ds in self.datasets.items() if self.is_evaluation_dataset(ds)
-                      and first in self.split_references(ds)), None)
+                      and first in self.loaded_references(name)), None)
         if split is None:
             raise DataError(f"--eval-cider: item {first} is in no loaded validation split")
         if split not in self._cider_scorers:
-            self._cider_scorers[split] = CorpusCiderD(list(self.split_references(self.datasets[split]).values()))
+            self._cider_scorers[split] = CorpusCiderD(list(self.loaded_references(split).values()))
         hyps = self.caption_strings(self._cider_generator[1], [model], sample)
         scores = self._cider_scorers[split].scores(hyps, sample["references"])
         return {"_cider_sum": float(scores.sum()), "_cider_n": len(hyps)}
+
+    def loaded_references(self, split: str) -> dict:
+        """``split_references`` of the loaded ``split``, computed once per loaded dataset (every
+        validation batch asks which split it belongs to)."""
+        ds = self.datasets[split]
+        cache = self.__dict__.setdefault("_references_by_split", {})
+        if split not in cache or cache[split][0] is not ds:
+            cache[split] = (ds, self.split_references(ds))
+        return cache[split][1]
 
     def eval_generation_args(self, **overrides) -> Namespace:
         """fairseq's generation options for decoding during training: the defaults of fairseq's
