@@ -58,6 +58,7 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 from fairseq.criterions import register_criterion
+from fairseq.data.data_utils import collate_tokens
 from torch import Tensor
 
 from ..errors import OptionError
@@ -253,12 +254,8 @@ class OutlineFillSampling(Estimator):
         bsz = len(outlines)
         heads = [outlines[b][j]["tokens"] for j in range(k) for b in range(bsz)]
         enc = model.encoder.reorder_encoder_out(encoder_out, torch.arange(bsz, device=heads[0].device).repeat(k))
-        target = torch.full((len(heads), max(len(h) for h in heads)), self.pad, dtype=torch.long,
-                            device=heads[0].device)
-        prev = target.clone()
-        for i, h in enumerate(heads):
-            target[i, : len(h)] = h
-            prev[i, 0], prev[i, 1: len(h)] = self.eos, h[:-1]
+        target = collate_tokens(heads, self.pad)  # z_0..z_{m-1}, </s>, pad after
+        prev = collate_tokens(heads, self.pad, self.eos, move_eos_to_beginning=True)  # </s>, z_0..z_{m-1}, pad after
         logits = model.forward_outliner(prev, enc).float().clone()
         logits[..., self.outline_never] = float("-inf")
         logits[:, 0, self.eos] = float("-inf")  # the generator's min_len 1: no </s> first
