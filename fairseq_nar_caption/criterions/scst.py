@@ -133,11 +133,9 @@ class ARSampling(Estimator):
         """Σ_t log p(w_t | w_<t, I) of each sequence (ending in </s>), teacher-forced, under the
         sampling rule (module docstring)."""
         device = sample["net_input"][next(iter(sample["net_input"]))].device
-        width = max(len(r) for r in rows)
-        target = torch.full((len(rows), width), self.pad, dtype=torch.long, device=device)
-        for i, r in enumerate(rows):
-            target[i, : len(r)] = r.to(device)
-        prev = torch.cat([target.new_full((len(rows), 1), self.eos), target[:, :-1]], 1)
+        rows = [r.to(device) for r in rows]
+        target = collate_tokens(rows, self.pad)  # w_1..w_n, </s>, pad after
+        prev = collate_tokens(rows, self.pad, self.eos, move_eos_to_beginning=True)  # </s>, w_1..w_n, pad after
         encoder_out = model.encoder.forward_torchscript(sample["net_input"])
         bsz = len(rows) // k
         order = torch.arange(bsz, device=device).repeat(k)
