@@ -35,7 +35,7 @@ def arena(tmp_path_factory):
     generate(str(root / "toy"), ToyConfig(seed=5, n_images=(200, 20, 24), n_videos=(4, 2, 2)), log=lambda s: None)
     data, run = root / "toy" / "images", root / "run"
     env = dict(ONE_THREAD, DATA=str(data), RUN=str(run), AR_EPOCHS="2", NAR_UPDATES="20", BENCH="0", SCST="1",
-               SCST_UPDATES="3",
+               SCST_UPDATES="3", AR_SCST_EPOCHS="2",
                SIZE="--embed-dim 64 --ffn-embed-dim 128 --attention-heads 4 --encoder-layers 1 --decoder-layers 2",
                PATH=BIN + os.pathsep + os.environ["PATH"])
     p = run_cli(["bash", os.path.join(REPO, "examples", "arena", "arena.sh")], env=env, timeout=900)
@@ -76,6 +76,10 @@ def test_arena_recipe_trains_every_paradigm_on_one_teacher_and_one_distillation(
         assert "reward" in log and "| cider " in log, folder
         before = torch.load(run / folder / "checkpoint_best.pt", weights_only=True)["model"]
         assert any(not torch.equal(before[k], state["model"][k]) for k in before), folder
+        # the NAR rows: SCST_UPDATES updates; the AR row: to its validation plateau, at most AR_SCST_EPOCHS
+        limits = (state["cfg"]["optimization"]["max_update"], state["cfg"]["optimization"]["max_epoch"],
+                  state["cfg"]["checkpoint"]["patience"])
+        assert limits == ((0, 2, 3) if folder == "ar" else (3, 0, -1)), (folder, limits)
     # the console shows steps and validations, not fairseq's configuration dump
     assert "train nacf" in out and "valid loss" in out and "'_name'" not in out and "INFO" not in out
 

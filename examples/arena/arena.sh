@@ -33,7 +33,8 @@
 #   NAR=0            stop after steps 1-3 (teacher, distillation, retrieval file)
 #   SHALLOW=0        no shallow-decoder AR model and none of its rows (the teacher then trains with AR_THREADS, 2)
 #   SCST=1           a second stage for the AR model and every NAR model: self-critical sequence training
-#                    (CIDEr-D reward; SCST_UPDATES, default NAR_UPDATES, at SCST_LR 5e-5, SCST_SAMPLES 5 per image,
+#                    (CIDEr-D reward; the NAR models SCST_UPDATES, default NAR_UPDATES, the AR model to its
+#                    validation plateau, at most AR_SCST_EPOCHS, 12; SCST_LR 5e-5, SCST_SAMPLES 5 per image,
 #                    SCST_BASELINE mean); its rows are named after their cross-entropy rows + " + SCST"
 # Every NAR model is validated by decoding (--eval-cider: CIDEr-D of the generator its main row uses, on
 # the val split) and the benchmark decodes the checkpoint with the best validation CIDEr-D.
@@ -153,14 +154,13 @@ fi
 #     images (one row per image: the reward's references are the training split's human captions)
 if [ "$SCST" = 1 ]; then
   FT() { echo "--finetune-from-model $RUN/$1/checkpoint_best.pt $DIS"; }
-  train ar_scst --arch ar_caption $SIZE $SCST_FLAGS --eval-cider-args '{"beam":1,"max_len_b":30}' $(FT ar) & P1=$!
-  train nacf_scst $NACF_MODEL $NACF_POSITIONS --length-beam 3 $SCST_FLAGS $(FT nacf) & P2=$!
-  both $P1 $P2
-  train narvl_scst $NARVL_MODEL $SCST_FLAGS $(FT narvl) & P1=$!
-  train rdt_scst $RDT_MODEL $RDT_SCST_FLAGS --hybrid-distill-split "$KD" $(FT rdt) & P2=$!
-  both $P1 $P2
-  train dag_scst $DAG_MODEL $SCST_FLAGS $(FT dag) & P1=$!
-  train saic_scst $SAIC_MODEL --group-size "$SAIC_K" $SCST_FLAGS $(FT saic) & P2=$!
+  # two lanes: the AR row's longer stage (to its plateau) and NARVL's; the other NAR rows one after another
+  ( train ar_scst --arch ar_caption $SIZE $AR_SCST_FLAGS --eval-cider-args '{"beam":1,"max_len_b":30}' $(FT ar)
+    train narvl_scst $NARVL_MODEL $SCST_FLAGS $(FT narvl) ) & P1=$!
+  ( train nacf_scst $NACF_MODEL $NACF_POSITIONS --length-beam 3 $SCST_FLAGS $(FT nacf)
+    train rdt_scst $RDT_MODEL $RDT_SCST_FLAGS --hybrid-distill-split "$KD" $(FT rdt)
+    train dag_scst $DAG_MODEL $SCST_FLAGS $(FT dag)
+    train saic_scst $SAIC_MODEL --group-size "$SAIC_K" $SCST_FLAGS $(FT saic) ) & P2=$!
   both $P1 $P2
 fi
 

@@ -9,7 +9,8 @@
 #           each paradigm's model, criterion and validation decoding at the papers' training; the
 #           scripts add the arena's levers (--glat-ratio, --scale-positions), --group-size, the split
 #   NACF_MODEL SAIC_MODEL NARVL_MODEL RDT_MODEL DAG_MODEL  the model and validation flags alone
-#   SCST_FLAGS RDT_SCST_FLAGS  the self-critical stage (SCST_LR, SCST_UPDATES, SCST_SAMPLES, SCST_BASELINE)
+#   SCST_FLAGS RDT_SCST_FLAGS AR_SCST_FLAGS  the self-critical stage (SCST_LR, SCST_UPDATES, AR_SCST_EPOCHS,
+#           SCST_SAMPLES, SCST_BASELINE)
 COMMON="--task captioning $FEATS $DROPOUT $TOY_FLAGS --log-interval 50"
 NAR_OPT="$OPT --lr 5e-4 --warmup-updates 100 --max-update $NAR_UPDATES $SELECT"
 # Each paradigm: X_MODEL (architecture, size, model options and the generator that validates it: what a
@@ -48,8 +49,12 @@ DAG_MODEL="--arch dag_caption $SIZE --graph-ratio 2 --generator dag --dag-decode
 DAG_FLAGS="$DAG_MODEL --init-from-ar $AR --criterion dag_loss $NAR_OPT"
 # SCST (self-critical sequence training, the second stage of any row): from a first-stage checkpoint,
 # K = SCST_SAMPLES sampled captions per image, the mean-of-samples baseline, CIDEr-D against the training
-# split's references; SCST_UPDATES updates at the constant rate SCST_LR; RDT: its guided variant (rdt_scst)
-SCST_OPT="$ADAM $CLIP --lr ${SCST_LR:-5e-5} --max-update ${SCST_UPDATES:-$NAR_UPDATES} $SELECT
-  --num-samples ${SCST_SAMPLES:-5}"
-SCST_FLAGS="--criterion scst --scst-baseline ${SCST_BASELINE:-mean} $SCST_OPT"
-RDT_SCST_FLAGS="--criterion rdt_scst $SCST_OPT"
+# split's references, at the constant rate SCST_LR; the NAR rows SCST_UPDATES updates (RDT: its guided
+# variant, rdt_scst); the AR row, like its first stage, to its validation plateau: stopped after AR_PATIENCE
+# validations without a better CIDEr-D, at most AR_SCST_EPOCHS passes over the training images (the AR
+# model's CIDEr-D still rises after the NAR rows' budget: examples/arena/README.md, "SCST")
+SCST_OPT="$ADAM $CLIP --lr ${SCST_LR:-5e-5} $SELECT --num-samples ${SCST_SAMPLES:-5}"
+SCST_FLAGS="--criterion scst --scst-baseline ${SCST_BASELINE:-mean} $SCST_OPT --max-update ${SCST_UPDATES:-$NAR_UPDATES}"
+RDT_SCST_FLAGS="--criterion rdt_scst $SCST_OPT --max-update ${SCST_UPDATES:-$NAR_UPDATES}"
+AR_SCST_FLAGS="--criterion scst --scst-baseline ${SCST_BASELINE:-mean} $SCST_OPT --max-epoch ${AR_SCST_EPOCHS:-12}
+  --patience ${AR_PATIENCE:-3}"
