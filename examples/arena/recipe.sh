@@ -52,7 +52,7 @@ DAG_FLAGS="$DAG_MODEL --init-from-ar $AR --criterion dag_loss $NAR_OPT"
 # split's references, at the constant rate SCST_LR; the NAR rows SCST_UPDATES updates (RDT: its guided
 # variant, rdt_scst); the AR row, like its first stage, to its validation plateau: stopped after AR_PATIENCE
 # validations without a better CIDEr-D, at most AR_SCST_EPOCHS passes over the training images (the AR
-# model's CIDEr-D still rises after the NAR rows' budget: examples/arena/README.md, "SCST")
+# model's CIDEr-D still rises long after the NAR rows' budget: docs/results.md, "The AR row's SCST to its plateau")
 SCST_OPT="$ADAM $CLIP --lr ${SCST_LR:-5e-5} $SELECT --num-samples ${SCST_SAMPLES:-5}"
 SCST_FLAGS="--criterion scst --scst-baseline ${SCST_BASELINE:-mean} $SCST_OPT --max-update ${SCST_UPDATES:-$NAR_UPDATES}"
 RDT_SCST_FLAGS="--criterion rdt_scst $SCST_OPT --max-update ${SCST_UPDATES:-$NAR_UPDATES}"
