@@ -98,6 +98,18 @@ class Estimator:
         self.pad, self.eos = d.pad(), d.eos()
         self.banned = banned_symbols(d, getattr(task.cfg, "allow_unk", False))
 
+    def teacher_forced(self, rows: List[Tensor], decoder) -> Tuple[Tensor, Tensor]:
+        """Sequences ending in </s> → (their padded batch, Σ_t log p(w_t | w_<t) of each): ``decoder``
+        maps the shifted input (</s> first) to logits; banned symbols and <pad> at −∞ and no </s> at the
+        first step (fairseq's min_len 1), renormalised: the rule fairseq's sampling drew them under."""
+        target = collate_tokens(rows, self.pad)  # w_1..w_n, </s>, pad after
+        prev = collate_tokens(rows, self.pad, self.eos, move_eos_to_beginning=True)  # </s>, w_1..w_n, pad after
+        logits = decoder(prev).float().clone()
+        logits[..., sorted(set(self.banned) - {self.eos} | {self.pad})] = float("-inf")
+        logits[:, 0, self.eos] = float("-inf")
+        tok = F.log_softmax(logits, -1).gather(-1, target.unsqueeze(-1)).squeeze(-1)
+        return target, tok.masked_fill(target.eq(self.pad), 0.0).sum(1)
+
     def draw(self, model, sample, k: int) -> Tuple[List[Tensor], Tensor]:
         raise NotImplementedError
 
@@ -133,19 +145,11 @@ class ARSampling(Estimator):
         """Σ_t log p(w_t | w_<t, I) of each sequence (ending in </s>), teacher-forced, under the
         sampling rule (module docstring)."""
         device = sample["net_input"][next(iter(sample["net_input"]))].device
-        rows = [r.to(device) for r in rows]
-        target = collate_tokens(rows, self.pad)  # w_1..w_n, </s>, pad after
-        prev = collate_tokens(rows, self.pad, self.eos, move_eos_to_beginning=True)  # </s>, w_1..w_n, pad after
         encoder_out = model.encoder.forward_torchscript(sample["net_input"])
-        bsz = len(rows) // k
-        order = torch.arange(bsz, device=device).repeat(k)
+        order = torch.arange(len(rows) // k, device=device).repeat(k)
         encoder_out = model.encoder.reorder_encoder_out(encoder_out, order)
-        logits, _ = model.decoder(prev, encoder_out=encoder_out)
-        logits = logits.float().clone()
-        logits[..., sorted(set(self.banned) - {self.eos} | {self.pad})] = float("-inf")
-        logits[:, 0, self.eos] = float("-inf")  # fairseq's min_len 1: no </s> first
-        tok = F.log_softmax(logits, -1).gather(-1, target.unsqueeze(-1)).squeeze(-1)
-        return tok.masked_fill(target.eq(self.pad), 0.0).sum(1)
+        rows = [r.to(device) for r in rows]
+        return self.teacher_forced(rows, lambda prev: model.decoder(prev, encoder_out=encoder_out)[0])[1]
 
     def greedy(self, model, sample):
         return [h[0] for h in self._hypotheses(model, sample, beam=1, nbest=1, sampling=False)]
@@ -230,7 +234,6 @@ class OutlineFillSampling(Estimator):
     def __init__(self, task):
         super().__init__(task)
         self.mask = task.target_dictionary.index("<mask>")
-        self.outline_never = sorted(set(self.banned) - {self.eos} | {self.pad})
         self._generators = {}
 
     def _generator(self, model, beam: int, sampling: bool) -> OutlineFillGenerator:
@@ -252,13 +255,7 @@ class OutlineFillSampling(Estimator):
         bsz = len(outlines)
         heads = [outlines[b][j]["tokens"] for j in range(k) for b in range(bsz)]
         enc = model.encoder.reorder_encoder_out(encoder_out, torch.arange(bsz, device=heads[0].device).repeat(k))
-        target = collate_tokens(heads, self.pad)  # z_0..z_{m-1}, </s>, pad after
-        prev = collate_tokens(heads, self.pad, self.eos, move_eos_to_beginning=True)  # </s>, z_0..z_{m-1}, pad after
-        logits = model.forward_outliner(prev, enc).float().clone()
-        logits[..., self.outline_never] = float("-inf")
-        logits[:, 0, self.eos] = float("-inf")  # the generator's min_len 1: no </s> first
-        out_lp = F.log_softmax(logits, -1).gather(-1, target.unsqueeze(-1)).squeeze(-1)
-        logp = out_lp.masked_fill(target.eq(self.pad), 0.0).sum(1)
+        target, logp = self.teacher_forced(heads, lambda prev: model.forward_outliner(prev, enc))
         tokens = filler_layout(target, model.group_size, self.mask, self.pad)
         slots = filler_slots(tokens, model.group_size, self.pad)
         if slots.any():
