@@ -84,6 +84,31 @@ def test_arena_recipe_trains_every_paradigm_on_one_teacher_and_one_distillation(
     assert "train nacf" in out and "valid loss" in out and "'_name'" not in out and "INFO" not in out
 
 
+def recipe_flags(**settings):
+    """each NAR row's first-stage flags from examples/arena/recipe.sh under the given settings, as fairseq reads
+    them (the last occurrence of an option wins)."""
+    script = ("source examples/lib.sh; SIZE=; FEATS=; AR=ar.pt; RET=r.json; NAR_UPDATES=20; RDT_UPDATES=30; "
+              "source examples/arena/recipe.sh; "
+              "for f in NACF SAIC NARVL RDT DAG; do v=${f}_FLAGS; echo $f ${!v}; done")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NAR_")}
+    p = run_cli(["bash", "-c", script], env=dict(env, **settings), cwd=REPO)
+    rows = {}
+    for line in p.stdout.splitlines():
+        name, *words = line.split()
+        opts = {w: words[i + 1] for i, w in enumerate(words[:-1]) if w in ("--max-update", "--max-epoch", "--patience")}
+        rows[name] = (opts.get("--max-update"), opts.get("--max-epoch"), opts.get("--patience"))
+    return rows
+
+
+def test_the_nar_rows_train_for_a_budget_or_to_their_validation_plateau():
+    # default: NAR_UPDATES updates (RDT: RDT_UPDATES), no patience
+    fixed = recipe_flags()
+    assert fixed == {**{n: ("20", None, None) for n in ("NACF", "SAIC", "NARVL", "DAG")}, "RDT": ("30", None, None)}
+    # NAR_EPOCHS: every row, RDT too, to its plateau like the AR row (NAR_PATIENCE, default 3), no update cap
+    assert set(recipe_flags(NAR_EPOCHS="7").values()) == {(None, "7", "3")}
+    assert set(recipe_flags(NAR_EPOCHS="7", NAR_PATIENCE="2").values()) == {(None, "7", "2")}
+
+
 @pytest.mark.parametrize("name", list(ROWS))
 def test_every_paradigm_decodes_through_fairseq_generate_on_the_same_folder(arena, name):
     data, run, _ = arena

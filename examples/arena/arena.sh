@@ -30,6 +30,9 @@
 #                    GLAT=0 is the papers' training (examples/arena/README.md: the measured effect)
 #   NACF_POSITIONS=--scale-positions   NACF's position embeddings at the token scale (models/nacf.py);
 #                    NACF_POSITIONS= is fairseq's AR convention, under which an all-<mask> input collapses
+#   NAR_EPOCHS=N     the NAR rows' first stage like the AR row's: to its validation plateau (stopped after
+#                    NAR_PATIENCE, 3, validations without a better CIDEr-D), at most N passes over the distilled
+#                    split, instead of NAR_UPDATES updates (RDT_UPDATES); the SCST stage keeps SCST_UPDATES
 #   NAR=0            stop after steps 1-3 (teacher, distillation, retrieval file)
 #   SHALLOW=0        no shallow-decoder AR model and none of its rows (the teacher then trains with AR_THREADS, 2)
 #   SCST=1           a second stage for the AR model and every NAR model: self-critical sequence training

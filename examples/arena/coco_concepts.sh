@@ -7,9 +7,10 @@
 #   bash examples/arena/coco_concepts.sh CAPTIONS.json      e.g. captions_train2014.json / captions_val2014.json
 #
 # Configuration (environment):
-#   SCALE=demo|full  demo (default): make demo's settings (examples/lib.sh demo_scale: d 128, 300 NAR updates,
-#                    one row per paradigm) but the AR models' cap of arena.sh (30 epochs: they stop at their
-#                    validation plateau); full: arena.sh's own defaults (every row)
+#   SCALE=demo|full  demo (default): make demo's settings (examples/lib.sh demo_scale: d 128, one row per
+#                    paradigm) but the AR models' cap of arena.sh (30 epochs: they stop at their validation
+#                    plateau); full: arena.sh's own defaults (every row).  At both scales every NAR row, like the
+#                    AR models, trains to its validation plateau (NAR_EPOCHS=40 passes at most, NAR_PATIENCE 3)
 #   IMAGES=8000,500,1000   images per split (the benchmark decodes every test image: BENCH_ITEMS);  CONCEPTS="--drop 0 --distractors 0"  the detector noise;
 #   DATA (default data/coco-concepts), RUN (default runs/coco_concepts_$SCALE); anything arena.sh reads.
 # The benchmark is built once (delete $DATA to rebuild); the arena's steps are skipped when done.
@@ -20,6 +21,8 @@ CAPTIONS=${1:?usage: bash examples/arena/coco_concepts.sh CAPTIONS.json (a COCO 
 SCALE=${SCALE:-demo}; IMAGES=${IMAGES:-8000,500,1000}; CONCEPTS=${CONCEPTS:-}
 export DATA=${DATA:-data/coco-concepts} RUN=${RUN:-runs/coco_concepts_$SCALE}
 export AR_EPOCHS=${AR_EPOCHS:-30}  # the AR models train to their validation plateau (demo_scale's cap, 6, stops them early here)
+# ... and so do the NAR rows (at most 40 passes; NAR_EPOCHS= empty: NAR_UPDATES updates each, as in make demo)
+export NAR_EPOCHS=${NAR_EPOCHS-40}
 export RDT_SEQ_LEN=${RDT_SEQ_LEN:-32}  # RDT's caption slots hold the distillation's longest caption (28 words + </s>)
 export BENCH_ITEMS=${BENCH_ITEMS:-$(( $(echo "$IMAGES" | cut -d, -f3) ))}  # every test image
 source examples/lib.sh  # demo_scale

@@ -2,7 +2,7 @@
 # Source examples/lib.sh first (OPT: the optimiser and schedule of every training; SELECT: checkpoint selection
 # by the validation decode score, --eval-cider, of the model's generator; DROPOUT, TOY_FLAGS).
 # Set before sourcing: SIZE (model size flags), FEATS (task feature flags, may be empty), AR (the teacher's
-# checkpoint), RET (RDT's retrieval file), NAR_UPDATES, RDT_UPDATES.  Defines:
+# checkpoint), RET (RDT's retrieval file), NAR_UPDATES, RDT_UPDATES, optionally NAR_EPOCHS, NAR_PATIENCE.  Defines:
 #   COMMON  task, data loading, logging flags of every training (no seed, no training split)
 #   NAR_OPT the NAR models' learning rate, budget and selection
 #   NACF_FLAGS SAIC_FLAGS NARVL_FLAGS RDT_FLAGS DAG_FLAGS
@@ -12,7 +12,15 @@
 #   SCST_FLAGS RDT_SCST_FLAGS AR_SCST_FLAGS  the self-critical stage (SCST_LR, SCST_UPDATES, AR_SCST_EPOCHS,
 #           SCST_SAMPLES, SCST_BASELINE)
 COMMON="--task captioning $FEATS $DROPOUT $TOY_FLAGS --log-interval 50"
-NAR_OPT="$OPT --lr 5e-4 --warmup-updates 100 --max-update $NAR_UPDATES $SELECT"
+# The NAR rows' first-stage budget: NAR_UPDATES updates (RDT: RDT_UPDATES); with NAR_EPOCHS set, like the AR row:
+# to its validation plateau, stopped after NAR_PATIENCE (3) validations without a better CIDEr-D, at most NAR_EPOCHS
+# passes over the distilled split (SAIC's curriculum still spans NAR_UPDATES updates, its last stage after them)
+if [ -n "${NAR_EPOCHS:-}" ]; then
+  NAR_BUDGET="--max-epoch $NAR_EPOCHS --patience ${NAR_PATIENCE:-3}"; RDT_BUDGET=$NAR_BUDGET
+else
+  NAR_BUDGET="--max-update $NAR_UPDATES"; RDT_BUDGET="--max-update $RDT_UPDATES"
+fi
+NAR_OPT="$OPT --lr 5e-4 --warmup-updates 100 $NAR_BUDGET $SELECT"
 # Each paradigm: X_MODEL (architecture, size, model options and the generator that validates it: what a
 # second training stage from its checkpoint, e.g. SCST, needs again) and X_FLAGS (the whole first stage).
 # NACF: masked LM + visual words + length predictor from the AR weights; validated by CT-MP T = 2
@@ -43,7 +51,7 @@ esac
 RDT_MODEL="--arch rdt $RDT_SIZE --seq-len ${RDT_SEQ_LEN:-24} $RDT_CONDITION_MODEL --retrieval-file $RET
   --generator diffusion --diffusion-steps 10 --diffusion-eos-fallback"
 RDT_FLAGS="$RDT_MODEL $RDT_CONDITION_TRAIN --criterion rdt_loss $OPT --lr 1e-3 --warmup-updates 200
-  --max-update $RDT_UPDATES $SELECT"
+  $RDT_BUDGET $SELECT"
 # DAG (DA-Transformer for captions): L = 2 x 32 graph vertices, from the AR weights; validated by lookahead
 DAG_MODEL="--arch dag_caption $SIZE --graph-ratio 2 --generator dag --dag-decode lookahead"
 DAG_FLAGS="$DAG_MODEL --init-from-ar $AR --criterion dag_loss $NAR_OPT"
@@ -54,7 +62,8 @@ DAG_FLAGS="$DAG_MODEL --init-from-ar $AR --criterion dag_loss $NAR_OPT"
 # validations without a better CIDEr-D, at most AR_SCST_EPOCHS passes over the training images (the AR
 # model's CIDEr-D still rises long after the NAR rows' budget: docs/results.md, "The AR row's SCST to its plateau")
 SCST_OPT="$ADAM $CLIP --lr ${SCST_LR:-5e-5} $SELECT --num-samples ${SCST_SAMPLES:-5}"
-SCST_FLAGS="--criterion scst --scst-baseline ${SCST_BASELINE:-mean} $SCST_OPT --max-update ${SCST_UPDATES:-$NAR_UPDATES}"
-RDT_SCST_FLAGS="--criterion rdt_scst $SCST_OPT --max-update ${SCST_UPDATES:-$NAR_UPDATES}"
-AR_SCST_FLAGS="--criterion scst --scst-baseline ${SCST_BASELINE:-mean} $SCST_OPT --max-epoch ${AR_SCST_EPOCHS:-12}
-  --patience ${AR_PATIENCE:-3}"
+SELF_CRITICAL="--criterion scst --scst-baseline ${SCST_BASELINE:-mean}"  # (rdt_scst: its default, Eq. 14's greedy)
+NAR_SCST_BUDGET="--max-update ${SCST_UPDATES:-$NAR_UPDATES}"
+SCST_FLAGS="$SELF_CRITICAL $SCST_OPT $NAR_SCST_BUDGET"
+RDT_SCST_FLAGS="--criterion rdt_scst $SCST_OPT $NAR_SCST_BUDGET"
+AR_SCST_FLAGS="$SELF_CRITICAL $SCST_OPT --max-epoch ${AR_SCST_EPOCHS:-12} --patience ${AR_PATIENCE:-3}"
