@@ -105,9 +105,9 @@ class Estimator:
         target = collate_tokens(rows, self.pad)  # w_1..w_n, </s>, pad after
         prev = collate_tokens(rows, self.pad, self.eos, move_eos_to_beginning=True)  # </s>, w_1..w_n, pad after
         logits = decoder(prev).float().clone()
-        logits[..., sorted(set(self.banned) - {self.eos} | {self.pad})] = float("-inf")
         logits[:, 0, self.eos] = float("-inf")
-        tok = F.log_softmax(logits, -1).gather(-1, target.unsqueeze(-1)).squeeze(-1)
+        lprobs = _ruled(logits, sorted(set(self.banned) - {self.eos} | {self.pad}))
+        tok = lprobs.gather(-1, target.unsqueeze(-1)).squeeze(-1)
         return target, tok.masked_fill(target.eq(self.pad), 0.0).sum(1)
 
     def draw(self, model, sample, k: int) -> Tuple[List[Tensor], Tensor]:
