@@ -21,7 +21,8 @@ from fairseq_nar_caption.generators import build_caption_generator
 from fairseq_nar_caption.generators.diffusion import ddim_step, item_normal, reverse_step
 from fairseq_nar_caption.models.modules.bits import (bits_to_ids, codebook, ids_to_bits, num_bits, predict_x0,
                                                      threshold_ids)
-from fairseq_nar_caption.models.modules.ranking_attention import (MultiheadRankingAttention, ranked_attention,
+from fairseq_nar_caption.models.modules.ranking_attention import (MultiheadRankingAttention, RankingEncoderLayer,
+                                                                  ranked_attention,
                                                                   ranked_set_sizes)
 from fairseq_nar_caption.errors import GeneratorError
 from fairseq_nar_caption.models.rdt import RDTModel, alpha_sigma, forward_noise, log_snr_gamma
@@ -383,16 +384,21 @@ def test_ranking_attention_is_ordinary_attention_at_lambda_f_1_lambda_e_0():
     assert torch.allclose(mhra.eval()(x, pad), expected, atol=1e-5)
 
 
+def keys_of(keys):
+    """a boolean key set per query -> the key indices of each query"""
+    return [row.nonzero().view(-1).tolist() for row in keys]
+
+
 def test_ranking_attention_selects_each_querys_own_keys_on_a_hand_made_affinity_matrix():
     a = torch.tensor([[[[0.1, 0.9, 0.5, 0.3],     # query 0 ranks keys 1, 2, 3, 0
                         [0.8, 0.2, 0.1, 0.7],     # query 1 ranks keys 0, 3, 1, 2
                         [0.0, 0.4, 0.6, 0.2]]]])  # query 2 ranks keys 2, 1, 3, 0
     mhra = MultiheadRankingAttention(4, 1, lambda_f=0.5, lambda_e=0.5)
-    route_f, route_e = mhra.routes(a)
-    assert route_f[0, 0].tolist() == [[1, 2], [0, 3], [2, 1]]  # R[:, :λ_F N] (Eq. 17), per query
-    assert route_e[0, 0].tolist() == [[3, 0], [1, 2], [3, 0]]  # R[:, (1−λ_E) N:] (Eq. 20)
+    set_f, set_e = mhra.ranked_sets(a, torch.tensor([4]))
+    assert keys_of(set_f[0, 0]) == [[1, 2], [0, 3], [1, 2]]  # R[:, :λ_F N] (Eq. 17), per query
+    assert keys_of(set_e[0, 0]) == [[0, 3], [1, 2], [0, 3]]  # R[:, (1−λ_E) N:] (Eq. 20)
     v = torch.arange(16, dtype=torch.float32).view(1, 1, 4, 4)
-    out = ranked_attention(a, v, route_f)
+    out = ranked_attention(a, v, set_f)
     for q, keys in enumerate([[1, 2], [0, 3], [2, 1]]):
         w = torch.softmax(a[0, 0, q, keys], dim=0)
         assert torch.allclose(out[0, 0, q], w[0] * v[0, 0, keys[0]] + w[1] * v[0, 0, keys[1]])
@@ -403,13 +409,38 @@ def test_ranking_attention_selects_each_querys_own_keys_on_a_hand_made_affinity_
             proj.bias.zero_()
     x = torch.tensor([[[1.0, 0.0, 0.0, 0.0], [0.0, 2.0, 0.0, 0.0], [0.5, 0.5, 1.0, 0.0], [0.0, 0.0, 0.0, 1.0]]])
     scores = (x @ x.transpose(1, 2) / 2.0).unsqueeze(1)  # √d = 2
-    f_rows, e_rows = mhra.routes(scores)
-    o_f = ranked_attention(scores, x.unsqueeze(1), f_rows)[:, 0]
-    o_e = ranked_attention(scores, x.unsqueeze(1), e_rows)[:, 0]
+    f_sets, e_sets = mhra.ranked_sets(scores, torch.tensor([4]))
+    o_f = ranked_attention(scores, x.unsqueeze(1), f_sets)[:, 0]
+    o_e = ranked_attention(scores, x.unsqueeze(1), e_sets)[:, 0]
     expected = mhra.out_proj(torch.cat([o_f, o_e], dim=-1))
     assert torch.allclose(mhra.eval()(x), expected, atol=1e-6)
     # query 1 (x = 2·e1) attends forward to keys {1, 2} only: its top-2 affinities
-    assert sorted(f_rows[0, 0, 1].tolist()) == [1, 2]
+    assert keys_of(f_sets[0, 0])[1] == [1, 2]
+
+
+def test_ranked_sets_are_sized_by_each_items_own_keys_not_by_its_batchs_padding():
+    # item 0 has 4 keys, item 1 has 7: ⌊0.5·4⌋ = 2 forward keys and inverse ranks 2-3 for item 0, whatever the
+    # padding to 7 (before: ⌊0.5·7⌋ = 3 forward keys, an inverse set of padding only)
+    mhra = MultiheadRankingAttention(4, 1, lambda_f=0.5, lambda_e=0.5)
+    scores = torch.tensor([0.1, 0.9, 0.5, 0.3, 0.0, 0.0, 0.0]).repeat(2, 1, 1, 1)
+    scores[0, ..., 4:] = -math.inf  # item 0's padded keys
+    set_f, set_e = mhra.ranked_sets(scores, torch.tensor([4, 7]))
+    assert keys_of(set_f[:, 0, 0]) == [[1, 2], [1, 2, 3]]
+    assert keys_of(set_e[:, 0, 0]) == [[0, 3], [0, 4, 5, 6]]  # ranks ⌊(1−λ_E)N⌋ .. N−1
+
+
+@pytest.mark.parametrize("lambdas", [(0.75, 0.55), (0.5, 0.5), (1.0, 0.0)])
+def test_ranking_encoder_layer_gives_an_item_alone_what_it_gives_it_in_a_padded_batch(lambdas):
+    torch.manual_seed(0)
+    layer = RankingEncoderLayer(16, 4, 32, *lambdas).eval()
+    x = torch.randn(3, 9, 16)
+    pad = torch.zeros(3, 9, dtype=torch.bool)
+    pad[0, 5:] = True  # 5 real vectors
+    pad[2, 2:] = True  # 2 real vectors
+    batched = layer(x, pad)
+    for i, n in enumerate([5, 9, 2]):
+        alone = layer(x[i:i + 1, :n], None)
+        torch.testing.assert_close(batched[i, :n], alone[0], atol=1e-5, rtol=1e-5)
 
 
 # ----------------------------------------------------------------------------- ranking loss (Eq. 24-28)
@@ -624,6 +655,29 @@ def test_the_retrieved_sentence_reaches_the_denoisers_output(retrieval_embed, re
         logits[..., d.index("red")].sum().backward()  # a word outside the condition: its row gets the output's grad
         g = model.decoder.output_projection.weight.grad
         assert g[d.index("blue")].abs().sum() > 0 and g[d.index("square")].abs().sum() > 0
+
+
+def test_the_denoiser_gives_an_item_alone_what_it_gives_it_in_a_batch_padded_features_and_sentences():
+    # real-language concept sets differ in size: items padded to the batch's longest set (and sentence) must get the
+    # prediction they get alone (the Ranking Visual Encoder's sets are sized by the item's own vectors)
+    torch.manual_seed(0)
+    model, d = _tiny_rdt("tied", retrieval_slots=True)
+    feats = torch.randn(3, 8, 6)
+    pad = torch.zeros(3, 8, dtype=torch.bool)
+    pad[0, 3:] = True
+    pad[2, 5:] = True
+    sentences = [[d.index("red"), d.eos()], [d.index("a"), d.index("blue"), d.index("square"), d.eos()], [d.eos()]]
+    cond = torch.full((3, 4), d.pad())
+    for i, s in enumerate(sentences):
+        cond[i, :len(s)] = torch.tensor(s)
+    x_t = torch.randn(3, model.seq_len, model.n_bits)
+    gamma = model.gamma(torch.full((3,), 0.7))
+    with torch.no_grad():
+        batched = model.denoise(x_t, gamma, model.encoder(feats, pad, retrieved_tokens=cond))[0]
+        for i, n in enumerate([3, 8, 5]):
+            enc = model.encoder(feats[i:i + 1, :n], None, retrieved_tokens=torch.tensor([sentences[i]]))
+            alone = model.denoise(x_t[i:i + 1], gamma[i:i + 1], enc)[0]
+            torch.testing.assert_close(batched[i], alone[0], atol=1e-5, rtol=1e-4)
 
 
 def test_missing_retrieval_item_is_one_clear_error(tiny_data):

@@ -4,12 +4,13 @@ et al., Section III-C, Eq. 8-12 and 15-23).
 Per head, with A = Q Kᵀ/√d (Eq. 15-16, the grid-to-grid affinity; padded keys −∞):
 
 - R = topK(A) with K = N: for EVERY query its own ranking of the keys (Eq. 16);
-- forward set R_F = R[:, :⌊λ_F·N⌋] (Eq. 17), inverse set R_E = R[:, ⌊(1−λ_E)·N⌋:] (Eq. 20);
+- forward set R_F = R[:, :⌊λ_F·N⌋] (Eq. 17), inverse set R_E = R[:, ⌊(1−λ_E)·N⌋:N] (Eq. 20),
+  with N the item's own number of keys (its feature vectors without padding), so an item's
+  sets, and its output, do not depend on how far its batch is padded;
 - K_F, V_F = gather(K, R_F), gather(V, R_F) (Eq. 18, 21): the scores Q·K_Fᵀ are exactly
-  A gathered at R_F (``torch.gather``), so they are gathered rather than recomputed;
-  the softmax weights over the gathered keys are scattered back onto the N keys and
-  multiplied with V, which is the same sum Σ_j w_j·V_F[j] as Eq. 19 / 22 without
-  materialising a per-query copy of V (N x λN x d per head);
+  A at R_F, so the softmax runs over A with the keys outside the set at −∞ (a boolean
+  N x N set per query) and the weights multiply V: the same sum Σ_j w_j·V_F[j] as
+  Eq. 19 / 22 without materialising a per-query copy of V (N x λN x d per head);
 - O_F, O_E: separate softmax attention (Eq. 19, 22); heads concatenated (Eq. 10-11);
 - MHRA = MLP(Concat(O_F, O_E)) (Eq. 23): here one linear layer, 2C → C (C → C when
   the inverse set is empty), i.e. W^O of Eq. 10 over both branches.
@@ -36,27 +37,30 @@ from torch import Tensor
 from ...errors import OptionError
 
 
-def ranked_set_sizes(n: int, lambda_f: float, lambda_e: float):
+def ranked_set_sizes(n, lambda_f: float, lambda_e: float):
     """(number of forward keys ⌊λ_F·N⌋ (at least 1), first rank of the inverse set
-    ⌊(1−λ_E)·N⌋); a small tolerance keeps e.g. 0.75·64 = 48 exact."""
+    ⌊(1−λ_E)·N⌋) for N = ``n``, an int or a tensor of per-item key counts; a small
+    tolerance keeps e.g. 0.75·64 = 48 exact."""
+    if torch.is_tensor(n):
+        n_f = torch.minimum(torch.floor(lambda_f * n + 1e-6).clamp(min=1), n)
+        return n_f.long(), torch.floor((1 - lambda_e) * n + 1e-6).clamp(min=0).long()
     n_f = max(1, min(n, int(math.floor(lambda_f * n + 1e-6))))
     start_e = max(0, min(n, int(math.floor((1 - lambda_e) * n + 1e-6))))
     return n_f, start_e
 
 
-def ranked_attention(scores: Tensor, v: Tensor, route: Tensor, dropout_p: float = 0.0,
+def ranked_attention(scores: Tensor, v: Tensor, keys: Tensor, dropout_p: float = 0.0,
                      training: bool = False) -> Tensor:
-    """Attention of every query over its own gathered keys (Eq. 18-19 / 21-22).
+    """Attention of every query over its own set of keys (Eq. 18-19 / 21-22).
 
     scores: ... x Nq x Nk (A, scaled; −∞ at padded keys); v: ... x Nk x d;
-    route: ... x Nq x k key indices per query.  A query whose gathered keys are all
-    padding gets zeros."""
-    picked = scores.gather(-1, route)  # = Q·K_Fᵀ with K_F = gather(K, R)
+    keys: ... x Nq x Nk, True = the key is in the query's set.  A query whose set is
+    empty gets zeros."""
+    picked = scores.masked_fill(~keys, -math.inf)  # = Q·K_Fᵀ with K_F = gather(K, R)
     weights = torch.softmax(picked, dim=-1)
-    weights = weights.masked_fill(torch.isinf(picked).all(-1, keepdim=True), 0.0)
+    weights = weights.masked_fill(~keys.any(-1, keepdim=True), 0.0)
     weights = F.dropout(weights, p=dropout_p, training=training)
-    dense = torch.zeros_like(scores).scatter(-1, route, weights)  # Σ_j w_j V[R[j]] = dense · V
-    return dense @ v
+    return weights @ v
 
 
 class MultiheadRankingAttention(nn.Module):
@@ -80,12 +84,19 @@ class MultiheadRankingAttention(nn.Module):
         b, n, _ = x.shape
         return x.view(b, n, self.num_heads, self.head_dim).transpose(1, 2)
 
-    def routes(self, scores: Tensor):
-        """Per-query rankings (Eq. 16) and the forward / inverse routes (Eq. 17, 20)."""
+    def ranked_sets(self, scores: Tensor, n_keys: Tensor):
+        """Per query, its ranking of the keys (Eq. 16) and the forward / inverse sets (Eq. 17, 20)
+        as boolean masks over the keys, sized by each item's key count ``n_keys`` (B); the inverse
+        set is None without one (λ_E = 0)."""
         n = scores.size(-1)
-        n_f, start_e = ranked_set_sizes(n, self.lambda_f, self.lambda_e)
-        ranking = scores.detach().topk(n, dim=-1, sorted=True).indices  # descending relevance
-        return ranking[..., :n_f], (ranking[..., start_e:] if self.has_inverse and start_e < n else None)
+        ranking = scores.detach().topk(n, dim=-1, sorted=True).indices  # descending relevance, padding last
+        rank = torch.empty_like(ranking).scatter_(-1, ranking, torch.arange(n, device=scores.device).expand_as(ranking))
+        per_item = [1] * (scores.dim() - 1)
+        n_f, start_e = (t.view(-1, *per_item) for t in ranked_set_sizes(n_keys.float(), self.lambda_f, self.lambda_e))
+        forward = rank < n_f
+        if not self.has_inverse:
+            return forward, None
+        return forward, (rank >= start_e) & (rank < n_keys.view(-1, *per_item))  # empty where ⌊(1−λ_E)N⌋ = N
 
     def forward(self, x: Tensor, key_padding_mask: Optional[Tensor] = None) -> Tensor:
         """x: B x N x C (batch first); key_padding_mask: B x N, True = pad."""
@@ -95,14 +106,14 @@ class MultiheadRankingAttention(nn.Module):
         scores = q @ k.transpose(-1, -2)  # A (Eq. 16), scaled as in Eq. 19
         if key_padding_mask is not None:
             scores = scores.masked_fill(key_padding_mask[:, None, None, :], -math.inf)  # padded keys rank last
-        route_f, route_e = self.routes(scores)
+            n_keys = (~key_padding_mask).sum(1)
+        else:
+            n_keys = torch.full((b,), n, device=x.device)
+        set_f, set_e = self.ranked_sets(scores, n_keys)
         p = self.dropout if self.training else 0.0
-        outs = [ranked_attention(scores, v, route_f, p, self.training)]  # O_F (Eq. 19)
-        if self.has_inverse:
-            if route_e is None:  # ⌊(1−λ_E)N⌋ = N: an empty inverse set contributes zeros
-                outs.append(torch.zeros_like(outs[0]))
-            else:
-                outs.append(ranked_attention(scores, v, route_e, p, self.training))  # O_E (Eq. 22)
+        outs = [ranked_attention(scores, v, set_f, p, self.training)]  # O_F (Eq. 19)
+        if set_e is not None:  # an empty inverse set (⌊(1−λ_E)N⌋ = N) contributes zeros
+            outs.append(ranked_attention(scores, v, set_e, p, self.training))  # O_E (Eq. 22)
         merged = torch.cat([o.transpose(1, 2).reshape(b, n, c) for o in outs], dim=-1)  # heads, then branches
         return self.out_proj(merged)  # Eq. 10 / 23
 
