@@ -68,7 +68,7 @@ class Stub(torch.nn.Module):
 
 def make_generator(stub, algorithm, ct, **opts):
     cfg = dict(nar_iterations=5, nar_q=1, length_beam=1, nar_min_length=1, nar_skip_template_revisit=False,
-               length_norm_alpha=1.0, teacher_path=None)
+               length_norm_alpha=1.0, teacher_path=None, nar_remask_repeats=False)
     cfg.update(opts)
     g = build_caption_generator(("ct-" if ct else "") + algorithm, [stub], stub.d, SimpleNamespace(**cfg))
     g.trace = []
@@ -104,6 +104,47 @@ def test_mask_predict_hand_worked():
     assert observed_sets(g) == [[], [0, 2], [0, 2, 3]]
     assert g.model.calls == 3
     torch.testing.assert_close(hyps[0][0]["positional_scores"][:4], torch.log(torch.tensor([.9, .7, .6, .8])))
+
+
+REPEAT_TABLE = {
+    (4, (0, 1, 2, 3)): [("a", .5), ("b", .9), ("b", .8), ("d", .4)],
+    (4, (0, 3)): [("a", .9), ("x", .5), ("x", .5), ("e", .6)],
+    (4, (0, 2, 3)): [("a", .9), ("x", .5), ("c", .7), ("e", .6)],
+    (4, (3,)): [("x", .5), ("x", .5), ("x", .5), ("d", .8)],
+    (4, "vis"): [("<mask>", .9)] * 4,
+}
+
+
+@pytest.mark.parametrize("remask, caption, sets", [
+    # t=1: a .5, b .9, b .8, d .4; m_2 = 2 → keep the two most confident, {1, 2}: the repeated b's
+    (False, "a b b d", [[], [1, 2], [0, 1, 2]]),
+    # with the option the less confident b (position 2, .8) is re-predicted at t=2 beside its neighbour: c .7
+    (True, "a b c d", [[], [1], [0, 1, 2]]),
+])
+def test_mask_predict_remasks_the_lesser_of_two_repeated_words(remask, caption, sets):
+    d = dictionary()
+    g = make_generator(Stub(d, [REPEAT_TABLE], [{4: 1.0}]), "mp", False, nar_iterations=3,
+                       nar_remask_repeats=remask)
+    assert decode(g, [0])[0] == [caption]
+    assert observed_sets(g) == sets
+
+
+def test_lesser_of_repeats_chains_ties_and_padding():
+    from fairseq_nar_caption.generators.mask_predict import MaskPredictGenerator
+    tokens = torch.tensor([[5, 5, 5, 7], [3, 3, 1, 1]])  # row 1: two words, then padding (1) that repeats
+    scores = torch.tensor([[.1, .5, .3, .2], [.4, .4, 0., 0.]])
+    valid = torch.tensor([[True] * 4, [True, True, False, False]])
+    lesser = MaskPredictGenerator._lesser_of_repeats(tokens, scores, valid)
+    # row 0: pair (0, 1) → 0 (.1 < .5); pair (1, 2) → 2 (.3 < .5).  Row 1: a tie → the right one; no padding
+    assert lesser.tolist() == [[True, False, True, False], [False, True, False, False]]
+
+
+@pytest.mark.parametrize("algorithm", ["ef", "l2r"])
+def test_remask_repeats_is_refused_outside_mask_predict(algorithm):
+    from fairseq_nar_caption.errors import GeneratorError
+    d = dictionary()
+    with pytest.raises(GeneratorError, match="--nar-remask-repeats works with mp / ct-mp"):
+        make_generator(Stub(d, [], [{4: 1.0}]), algorithm, True, nar_remask_repeats=True)
 
 
 def test_ct_mp_with_empty_template_equals_mp():
@@ -224,15 +265,16 @@ def test_teacher_rescoring_multiplies_probabilities():
     assert hyps[0][0]["score"] == pytest.approx((2 * math.log(.5) + 2 * float(lp)) / 2, abs=1e-4)
 
 
-@pytest.mark.parametrize("algorithm", ["mp", "ef", "l2r"])
+@pytest.mark.parametrize("algorithm, remask", [("mp", False), ("mp", True), ("ef", False), ("l2r", False)])
 @pytest.mark.parametrize("ct", [False, True])
-def test_batch1_equals_batched(algorithm, ct):
+def test_batch1_equals_batched(algorithm, remask, ct):
     # five items, three length candidates each, lengths 1-7: rows of different widths in one batch
     d = dictionary()
     lengths = [{1: .5, 3: .3, 7: .2}, {4: .6, 2: .3, 5: .1}, {6: .7, 3: .2, 1: .1}, {2: .4, 5: .35, 4: .25},
                {7: .9, 6: .05, 5: .05}]
-    batched = make_generator(Stub(d, [], lengths), algorithm, ct, nar_iterations=3, length_beam=3, nar_q=2)
-    single = make_generator(Stub(d, [], lengths), algorithm, ct, nar_iterations=3, length_beam=3, nar_q=2)
+    opts = dict(nar_iterations=3, length_beam=3, nar_q=2, nar_remask_repeats=remask)
+    batched = make_generator(Stub(d, [], lengths), algorithm, ct, **opts)
+    single = make_generator(Stub(d, [], lengths), algorithm, ct, **opts)
     caps, hyps = decode(batched, list(range(5)))
     assert caps == [decode(single, [i])[0][0] for i in range(5)]
     assert len({len(c.split()) for c in caps}) > 2  # the items really differ in length

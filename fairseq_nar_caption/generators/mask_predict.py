@@ -14,6 +14,9 @@ recomputed); every iteration is one bidirectional decoder pass over all rows.
   the q most confident / the q leftmost of them, until none is left
   (⌈(N−u)/q⌉ passes).  With CT-, one more pass re-predicts the template's visual
   words given everything else (Eq. 16; ``--nar-skip-template-revisit`` skips it).
+- ``--nar-remask-repeats`` (MP only; not in the papers): between passes, of every two adjacent
+  positions holding the same word the less confident one (ties: the right one) joins the
+  positions re-predicted next, whatever its confidence, so the next pass sees its neighbour.
 - Length beam: the B most probable lengths in [--nar-min-length, N_max); the
   winner maximises Σ_n log p_NAR(y_n) [+ log p_AR(y_n | y_<n)] / N^α, the AR term
   when ``--teacher-path`` names an AR-B checkpoint (as the reference code does),
@@ -49,6 +52,9 @@ class MaskPredictOptions(FairseqDataclass):
                                                              "(0 = the model's range; min = max forces a length)"})
     nar_skip_template_revisit: bool = field(
         default=False, metadata={"help": "CT-EF/CT-L2R: skip the last pass re-predicting template words (Eq. 16)"})
+    nar_remask_repeats: bool = field(
+        default=False, metadata={"help": "MP: between passes, also re-predict the less confident of two adjacent "
+                                         "equal words"})
     length_norm_alpha: float = field(default=1.0, metadata={"help": "α in [0, 2]: candidates ranked by score / N^α"})
     teacher_path: Optional[str] = field(
         default=None, metadata={"help": "AR-B checkpoint rescoring the length candidates (p_NAR·p_AR)"})
@@ -71,6 +77,9 @@ class MaskPredictGenerator(CaptionGenerator):
         super().__init__(models, dictionary, options, args, context, **frame)  # allow_unk, dedup
         self.iterations, self.q, self.length_beam = options.nar_iterations, options.nar_q, options.length_beam
         self.revisit_template = not options.nar_skip_template_revisit
+        self.remask_repeats = options.nar_remask_repeats
+        if self.remask_repeats and self.algorithm != "mp":
+            raise GeneratorError(f"--nar-remask-repeats works with mp / ct-mp, not {self.algorithm}")
         self.alpha, self.min_len, self.max_len = options.length_norm_alpha, options.nar_min_length, \
             options.nar_max_length
         d = dictionary
@@ -156,6 +165,8 @@ class MaskPredictGenerator(CaptionGenerator):
                 break
             m_next = torch.clamp((lengths * (T - t)) // T, min=1)  # Eq. 14 with r = (T-(t+1)+1)/T
             observed = self._top(scores, valid, lengths - m_next)  # Eq. 13
+            if self.remask_repeats:
+                observed = observed & ~self._lesser_of_repeats(tokens, scores, valid)
             self._record(observed=observed, tokens=tokens)
         return tokens, scores
 
@@ -175,6 +186,16 @@ class MaskPredictGenerator(CaptionGenerator):
             observed = observed | (self._top(key, todo, k) & todo)
             self._record(observed=observed, tokens=tokens)
         return tokens, scores
+
+    @staticmethod
+    def _lesser_of_repeats(tokens: Tensor, scores: Tensor, valid: Tensor) -> Tensor:
+        """Of every two adjacent valid positions holding the same word, the less confident (ties: the right)."""
+        same = valid[:, 1:] & valid[:, :-1] & tokens[:, 1:].eq(tokens[:, :-1])
+        right = same & scores[:, 1:].le(scores[:, :-1])
+        lesser = torch.zeros_like(valid)
+        lesser[:, 1:] |= right
+        lesser[:, :-1] |= same & ~right
+        return lesser
 
     @staticmethod
     def _top(key: Tensor, allowed: Tensor, k: Tensor) -> Tensor:
