@@ -109,6 +109,21 @@ def test_the_nar_rows_train_for_a_budget_or_to_their_validation_plateau():
     assert set(recipe_flags(NAR_EPOCHS="7", NAR_PATIENCE="2").values()) == {(None, "7", "2")}
 
 
+@pytest.mark.parametrize("script", ["examples/arena/ablations.sh", "examples/arena/orderings.sh",
+                                    "examples/rdt/condition.sh"])
+def test_the_fixed_budget_scripts_ignore_an_exported_nar_epochs(script):
+    # each script's own lines from its update budget to its `source examples/arena/recipe.sh` (its checks for
+    # the arena's files left out), run with NAR_EPOCHS exported: the recipe still gets the fixed budget
+    lines = open(os.path.join(REPO, script)).read().splitlines()
+    first = next(i for i, l in enumerate(lines) if "NAR_UPDATES=" in l)
+    last = next(i for i, l in enumerate(lines) if l.startswith("source examples/arena/recipe.sh"))
+    body = "\n".join(l for l in lines[first:last + 1] if "exit" not in l and not l.startswith(("for ", "done")))
+    script_text = f"source examples/lib.sh; UPD=40; SIZE=; RUN=runs/x; ARENA=runs/x\n{body}\necho $NACF_FLAGS $RDT_FLAGS"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NAR_")}
+    words = run_cli(["bash", "-c", script_text], env=dict(env, NAR_EPOCHS="7"), cwd=REPO).stdout.split()
+    assert words.count("--max-update") == 2 and "--max-epoch" not in words and "--patience" not in words
+
+
 @pytest.mark.parametrize("name", list(ROWS))
 def test_every_paradigm_decodes_through_fairseq_generate_on_the_same_folder(arena, name):
     data, run, _ = arena

@@ -18,6 +18,7 @@ AR=$RUN/ar/checkpoint_best.pt; KD=train_distill_$(basename "$RUN"); RET="$(cd "$
 [ -f "$AR" ] && [ -f "$DATA/$KD.tsv" ] && [ -f "$RET" ] || { echo "run examples/arena/full.sh images first" >&2; exit 1; }
 SIZE=${SIZE:---embed-dim 256 --ffn-embed-dim 1024 --attention-heads 4 --encoder-layers 2 --decoder-layers 2}
 NAR_UPDATES=$UPD; RDT_UPDATES=$(( UPD * 3 / 2 )); FEATS=
+unset NAR_EPOCHS  # the fixed update budget above, even with NAR_EPOCHS exported by the caller
 source examples/arena/recipe.sh  # COMMON NAR_OPT and each paradigm's flags
 DIS="--train-subset $KD"
 NACF="$NACF_FLAGS --length-beam 3 $DIS"

@@ -40,6 +40,7 @@ AR=$RUN/ar/checkpoint_best.pt; KD=train_distill_$(basename "$RUN"); RET="$(cd "$
 mkdir -p "$OUT/logs"
 
 NAR_UPDATES=$UPD; RDT_UPDATES=$(( UPD * 3 / 2 ))
+unset NAR_EPOCHS  # the fixed update budget above, even with NAR_EPOCHS exported by the caller
 source examples/arena/recipe.sh  # COMMON NAR_OPT and each paradigm's flags
 NACF="$NACF_FLAGS --glat-ratio $GLAT --scale-positions --length-beam 1"
 # the raw split has several captions per item (toy images: 157 updates an epoch against the distilled split's

@@ -22,6 +22,7 @@ NAME=${1:?usage: bash examples/rdt/condition.sh NAME [fairseq-train options...]}
 ARENA=${ARENA:-runs/coco_concepts_demo}; DATA=${DATA:-data/coco-concepts}; OUT=${OUT:-runs/rdt_condition}
 KD=${KD:-train_distill_$(basename "$ARENA")}; RDT_SEQ_LEN=${RDT_SEQ_LEN:-32}; RDT_UPDATES=${RDT_UPDATES:-450}
 AR="$ARENA/ar/checkpoint_best.pt"; RET="$(cd "$ARENA" && pwd)/retrieval.json"; FEATS=; NAR_UPDATES=300
+unset NAR_EPOCHS  # the fixed update budget above, even with NAR_EPOCHS exported by the caller
 for f in "$AR" "$RET" "$DATA/$KD.tsv"; do
   [ -f "$f" ] || { echo "condition.sh: $f does not exist: run the arena first (ARENA=$ARENA)" >&2; exit 2; }
 done
