@@ -39,14 +39,12 @@ from ...errors import OptionError
 
 def ranked_set_sizes(n, lambda_f: float, lambda_e: float):
     """(number of forward keys ⌊λ_F·N⌋ (at least 1), first rank of the inverse set
-    ⌊(1−λ_E)·N⌋) for N = ``n``, an int or a tensor of per-item key counts; a small
-    tolerance keeps e.g. 0.75·64 = 48 exact."""
-    if torch.is_tensor(n):
-        n_f = torch.minimum(torch.floor(lambda_f * n + 1e-6).clamp(min=1), n)
-        return n_f.long(), torch.floor((1 - lambda_e) * n + 1e-6).clamp(min=0).long()
-    n_f = max(1, min(n, int(math.floor(lambda_f * n + 1e-6))))
-    start_e = max(0, min(n, int(math.floor((1 - lambda_e) * n + 1e-6))))
-    return n_f, start_e
+    ⌊(1−λ_E)·N⌋) as long tensors, for N = ``n``: an int or a tensor of per-item key counts
+    (computed in float32); a small tolerance keeps e.g. 0.75·64 = 48 exact."""
+    n = torch.as_tensor(n, dtype=torch.float32)
+    n_f = torch.minimum(torch.floor(lambda_f * n + 1e-6).clamp(min=1), n)
+    start_e = torch.minimum(torch.floor((1 - lambda_e) * n + 1e-6).clamp(min=0), n)
+    return n_f.long(), start_e.long()
 
 
 def ranked_attention(scores: Tensor, v: Tensor, keys: Tensor, dropout_p: float = 0.0,
@@ -92,7 +90,7 @@ class MultiheadRankingAttention(nn.Module):
         ranking = scores.detach().topk(n, dim=-1, sorted=True).indices  # descending relevance, padding last
         rank = torch.empty_like(ranking).scatter_(-1, ranking, torch.arange(n, device=scores.device).expand_as(ranking))
         per_item = [1] * (scores.dim() - 1)
-        n_f, start_e = (t.view(-1, *per_item) for t in ranked_set_sizes(n_keys.float(), self.lambda_f, self.lambda_e))
+        n_f, start_e = (t.view(-1, *per_item) for t in ranked_set_sizes(n_keys, self.lambda_f, self.lambda_e))
         forward = rank < n_f
         if not self.has_inverse:
             return forward, None
